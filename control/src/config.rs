@@ -1,0 +1,281 @@
+//! Configuration: `conf/faas.yaml` (its `faas:` section) overridden by the environment,
+//! parsed once into [`Config`]. Every setting has an environment name (the original's, or
+//! `FAAS_*`); its key in the file is that name in lower case without the `FAAS_` prefix.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// Which runtime runs the functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// Functions are child processes of `faas` on this machine.
+    Local,
+    /// Functions are Deployments in a Kubernetes cluster.
+    Kubernetes,
+}
+
+/// The typed configuration of `faas`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `LOG_LEVEL`: error, warn, info, debug or trace.
+    pub log_level: String,
+    /// `PORT`: the gateway, admin API, `/health` and `/metrics` port.
+    pub port: u16,
+    /// `FAAS_LISTEN`: the address to bind.
+    pub listen: String,
+    /// `REAPER_POLL_EVERY`: how often the reaper looks for idle functions.
+    pub reaper_poll_every: Duration,
+    /// `REAPER_TIME_TO_LIVE`: idle time after which a function is scaled to zero.
+    pub reaper_time_to_live: Duration,
+    /// `K8S_NAMESPACE`: namespace of the functions on Kubernetes.
+    pub namespace: String,
+    /// `K8S_LOAD_BALANCER_PORT`: the port written into the URLs returned on deploy.
+    pub load_balancer_port: u16,
+    /// `GATEWAY_SERVICE_NAME`: the gateway's LoadBalancer Service.
+    pub gateway_service_name: String,
+    /// `GATEWAY_PATH_PREFIX`: the path under which functions are served.
+    pub path_prefix: String,
+    /// `FAAS_RUNTIME`: local or kubernetes.
+    pub runtime: RuntimeKind,
+    /// `FAAS_STATE_DIR`: where the local runtime keeps its functions.
+    pub state_dir: PathBuf,
+    /// `FAAS_ADMIN_TOKEN`: when set, `/admin` needs `Authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
+    /// `FAAS_MAX_BODY_BYTES`: the largest admin request body (413 beyond).
+    pub max_body_bytes: usize,
+    /// `FAAS_SHUTDOWN_GRACE`: how long a SIGTERM may take: drain, stop replicas, exit.
+    pub shutdown_grace: Duration,
+    /// `FAAS_DEPLOY_TIMEOUT`: how long a deploy waits for its replicas to become ready.
+    pub deploy_timeout: Duration,
+    /// `FAAS_ACTIVATION_TIMEOUT`: how long a request waits for a function to start (504 beyond).
+    pub activation_timeout: Duration,
+    /// `FAAS_ACTIVATION_MAX_PENDING`: requests held per function while it starts (503 beyond).
+    pub activation_max_pending: usize,
+    /// `FAAS_UV`: the `uv` executable.
+    pub uv: String,
+}
+
+/// (environment name, default) of every setting.
+const SETTINGS: &[(&str, &str)] = &[
+    ("LOG_LEVEL", "info"),
+    ("PORT", "8080"),
+    ("FAAS_LISTEN", "0.0.0.0"),
+    ("REAPER_POLL_EVERY", "10s"),
+    ("REAPER_TIME_TO_LIVE", "30s"),
+    ("K8S_NAMESPACE", "faas"),
+    ("K8S_LOAD_BALANCER_PORT", "8080"),
+    ("GATEWAY_SERVICE_NAME", "faas-gateway"),
+    ("GATEWAY_PATH_PREFIX", "/gateway"),
+    ("FAAS_RUNTIME", ""),
+    ("FAAS_STATE_DIR", ""),
+    ("FAAS_ADMIN_TOKEN", ""),
+    ("FAAS_MAX_BODY_BYTES", "8388608"),
+    ("FAAS_SHUTDOWN_GRACE", "10s"),
+    ("FAAS_DEPLOY_TIMEOUT", "60s"),
+    ("FAAS_ACTIVATION_TIMEOUT", "60s"),
+    ("FAAS_ACTIVATION_MAX_PENDING", "1000"),
+    ("FAAS_UV", "uv"),
+];
+
+impl Config {
+    /// Reads the `faas:` section of a YAML file (if given) and the process environment.
+    pub fn load(yaml: Option<&str>) -> Result<Self> {
+        Self::from_sources(yaml, |k| std::env::var(k).ok())
+    }
+
+    /// Builds the configuration from YAML text and an environment lookup.
+    pub fn from_sources(yaml: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let file = match yaml {
+            Some(text) => file_section(text)?,
+            None => HashMap::new(),
+        };
+        let get = |name: &str| -> String {
+            let key = name
+                .strip_prefix("FAAS_")
+                .unwrap_or(name)
+                .to_ascii_lowercase();
+            env(name)
+                .or_else(|| file.get(&key).cloned())
+                .or_else(|| {
+                    SETTINGS
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, d)| d.to_string())
+                })
+                .unwrap_or_default()
+        };
+        let prefix = get("GATEWAY_PATH_PREFIX");
+        if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.len() < 2 {
+            return Err(invalid(
+                "GATEWAY_PATH_PREFIX",
+                &prefix,
+                "must start with `/` and must not end with `/`, e.g. /gateway",
+            ));
+        }
+        let runtime = match get("FAAS_RUNTIME").as_str() {
+            "local" => RuntimeKind::Local,
+            "kubernetes" => RuntimeKind::Kubernetes,
+            "" if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => RuntimeKind::Kubernetes,
+            "" => RuntimeKind::Local,
+            other => {
+                return Err(invalid(
+                    "FAAS_RUNTIME",
+                    other,
+                    "must be `local` or `kubernetes`",
+                ))
+            }
+        };
+        let state_dir = match get("FAAS_STATE_DIR") {
+            s if !s.is_empty() => PathBuf::from(s),
+            _ => default_state_dir(),
+        };
+        let log_level = get("LOG_LEVEL").to_ascii_lowercase();
+        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            return Err(invalid(
+                "LOG_LEVEL",
+                &log_level,
+                "must be error, warn, info, debug or trace",
+            ));
+        }
+        let admin_token = Some(get("FAAS_ADMIN_TOKEN")).filter(|t| !t.is_empty());
+        Ok(Config {
+            log_level,
+            port: number(&get, "PORT")?,
+            listen: get("FAAS_LISTEN"),
+            reaper_poll_every: duration(&get, "REAPER_POLL_EVERY")?,
+            reaper_time_to_live: duration(&get, "REAPER_TIME_TO_LIVE")?,
+            namespace: get("K8S_NAMESPACE"),
+            load_balancer_port: number(&get, "K8S_LOAD_BALANCER_PORT")?,
+            gateway_service_name: get("GATEWAY_SERVICE_NAME"),
+            path_prefix: prefix,
+            runtime,
+            state_dir,
+            admin_token,
+            max_body_bytes: number(&get, "FAAS_MAX_BODY_BYTES")?,
+            shutdown_grace: duration(&get, "FAAS_SHUTDOWN_GRACE")?,
+            deploy_timeout: duration(&get, "FAAS_DEPLOY_TIMEOUT")?,
+            activation_timeout: duration(&get, "FAAS_ACTIVATION_TIMEOUT")?,
+            activation_max_pending: number(&get, "FAAS_ACTIVATION_MAX_PENDING")?,
+            uv: get("FAAS_UV"),
+        })
+    }
+}
+
+/// Parses a Go-style duration (`10s`, `2m`, `1h30m`, `500ms`).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| e.to_string())
+}
+
+fn duration(get: &impl Fn(&str) -> String, name: &str) -> Result<Duration> {
+    let v = get(name);
+    parse_duration(&v).map_err(|e| {
+        invalid(
+            name,
+            &v,
+            &format!("expected a duration such as 10s, 2m or 1h30m ({e})"),
+        )
+    })
+}
+
+fn number<T: FromStr>(get: &impl Fn(&str) -> String, name: &str) -> Result<T> {
+    let v = get(name);
+    v.trim()
+        .parse()
+        .map_err(|_| invalid(name, &v, "expected a non-negative whole number in range"))
+}
+
+fn invalid(name: &str, value: &str, why: &str) -> Error {
+    Error::BadRequest(format!("invalid {name}={value:?}: {why}"))
+}
+
+fn file_section(text: &str) -> Result<HashMap<String, String>> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(text)
+        .map_err(|e| Error::BadRequest(format!("the configuration file is not valid YAML: {e}")))?;
+    let mut out = HashMap::new();
+    if let Some(serde_yaml::Value::Mapping(m)) = doc.get("faas") {
+        for (k, v) in m {
+            let (Some(k), Some(v)) = (k.as_str(), scalar(v)) else {
+                continue;
+            };
+            out.insert(k.to_ascii_lowercase(), v);
+        }
+    }
+    Ok(out)
+}
+
+fn scalar(v: &serde_yaml::Value) -> Option<String> {
+    match v {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("poorman-faas");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/poorman-faas"),
+        None => PathBuf::from(".poorman-faas"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Config> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_sources(None, |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_original() {
+        let c = with(&[("FAAS_RUNTIME", "local")]).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.reaper_poll_every, Duration::from_secs(10));
+        assert_eq!(c.reaper_time_to_live, Duration::from_secs(30));
+        assert_eq!(c.path_prefix, "/gateway");
+        assert_eq!(c.max_body_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = with(&[("REAPER_POLL_EVERY", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("REAPER_POLL_EVERY"), "{e}");
+        let e = with(&[("PORT", "http")]).unwrap_err().to_string();
+        assert!(e.contains("PORT"), "{e}");
+        let e = with(&[("GATEWAY_PATH_PREFIX", "/gateway/")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("GATEWAY_PATH_PREFIX"), "{e}");
+        let e = with(&[("FAAS_RUNTIME", "docker")]).unwrap_err().to_string();
+        assert!(e.contains("FAAS_RUNTIME"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let yaml = "threads: 2\nfaas:\n  port: 9000\n  reaper_time_to_live: 10m\n";
+        let c = Config::from_sources(Some(yaml), |k| (k == "PORT").then(|| "9100".into())).unwrap();
+        assert_eq!(c.port, 9100);
+        assert_eq!(c.reaper_time_to_live, Duration::from_secs(600));
+    }
+}

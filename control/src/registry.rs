@@ -1,0 +1,314 @@
+//! The live table of functions that the gateway routes from and the runtimes publish into.
+//!
+//! Lookups are lock-free (`ArcSwap` of an immutable map); each function's ready endpoints sit in
+//! a `tokio::sync::watch` so that requests held during activation are woken by the runtime that
+//! publishes the first endpoint, without polling.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, Guard};
+use tokio::sync::{mpsc, watch};
+
+use crate::function::FunctionSpec;
+
+/// A ready replica the gateway may send requests to.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Which replica of its function it is (unique per function while it lives).
+    pub replica: u64,
+    /// Requests being proxied to it now.
+    pub inflight: AtomicUsize,
+}
+
+/// What the gateway needs to route to a function; replaced as a whole on every change.
+#[derive(Debug, Clone, Default)]
+pub struct RouteState {
+    /// Ready endpoints.
+    pub endpoints: Arc<[Arc<Endpoint>]>,
+    /// Why the last start failed, if it did since the last activation request.
+    pub failure: Option<Arc<str>>,
+}
+
+/// One function as seen by the gateway, the admin API and the reaper.
+#[derive(Debug)]
+pub struct FnEntry {
+    /// The function's name.
+    pub name: String,
+    spec: ArcSwap<FunctionSpec>,
+    route: watch::Sender<RouteState>,
+    /// Requests in flight to this function (held ones included).
+    pub inflight: AtomicUsize,
+    /// Requests held waiting for a replica.
+    pub pending: AtomicUsize,
+    last_activity_ms: AtomicU64,
+    activating: AtomicBool,
+}
+
+/// A request for a function's replica count, from the gateway to the control side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleRequest {
+    /// The function.
+    pub name: String,
+    /// Replicas wanted.
+    pub replicas: u32,
+}
+
+/// The table of functions. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    table: ArcSwap<HashMap<String, Arc<FnEntry>>>,
+    edit: Mutex<()>,
+    scale_tx: mpsc::UnboundedSender<ScaleRequest>,
+}
+
+// === impl Registry ===
+
+impl Registry {
+    /// A new empty registry and the receiving end of its scale requests.
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<ScaleRequest>) {
+        let (scale_tx, rx) = mpsc::unbounded_channel();
+        let inner = Inner {
+            table: ArcSwap::from_pointee(HashMap::new()),
+            edit: Mutex::new(()),
+            scale_tx,
+        };
+        (
+            Registry {
+                inner: Arc::new(inner),
+            },
+            rx,
+        )
+    }
+
+    /// The function called `name`, if any. Lock-free.
+    pub fn get(&self, name: &str) -> Option<Arc<FnEntry>> {
+        self.inner.table.load().get(name).cloned()
+    }
+
+    /// A snapshot of the whole table.
+    pub fn snapshot(&self) -> Guard<Arc<HashMap<String, Arc<FnEntry>>>> {
+        self.inner.table.load()
+    }
+
+    /// Adds a function, or returns the existing entry of that name.
+    pub fn insert(&self, spec: FunctionSpec) -> Arc<FnEntry> {
+        let _g = self.inner.edit.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.inner.table.load();
+        if let Some(e) = current.get(&spec.name) {
+            e.set_spec(spec);
+            return e.clone();
+        }
+        let entry = Arc::new(FnEntry::new(spec));
+        let mut next = HashMap::clone(&current);
+        next.insert(entry.name.clone(), entry.clone());
+        self.inner.table.store(Arc::new(next));
+        entry
+    }
+
+    /// Removes a function; held requests see it gone.
+    pub fn remove(&self, name: &str) -> Option<Arc<FnEntry>> {
+        let _g = self.inner.edit.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.inner.table.load();
+        let entry = current.get(name)?.clone();
+        let mut next = HashMap::clone(&current);
+        next.remove(name);
+        self.inner.table.store(Arc::new(next));
+        entry.publish_failure(format!("function {name:?} was deleted"));
+        Some(entry)
+    }
+
+    /// Asks the control side for one activation of `entry` (scale 0 → 1). Only the first caller
+    /// while an activation is under way sends the request; returns whether this call sent it.
+    pub fn request_activation(&self, entry: &FnEntry) -> bool {
+        if entry
+            .activating
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        entry.route.send_modify(|r| r.failure = None);
+        let req = ScaleRequest {
+            name: entry.name.clone(),
+            replicas: 1,
+        };
+        self.inner.scale_tx.send(req).is_ok()
+    }
+}
+
+// === impl FnEntry ===
+
+impl FnEntry {
+    fn new(spec: FunctionSpec) -> Self {
+        FnEntry {
+            name: spec.name.clone(),
+            spec: ArcSwap::from_pointee(spec),
+            route: watch::Sender::new(RouteState::default()),
+            inflight: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            last_activity_ms: AtomicU64::new(crate::now_ms()),
+            activating: AtomicBool::new(false),
+        }
+    }
+
+    /// The current spec.
+    pub fn spec(&self) -> Arc<FunctionSpec> {
+        self.spec.load_full()
+    }
+
+    /// Replaces the spec.
+    pub fn set_spec(&self, spec: FunctionSpec) {
+        self.spec.store(Arc::new(spec));
+    }
+
+    /// Watches the route state (endpoints and start failures).
+    pub fn subscribe(&self) -> watch::Receiver<RouteState> {
+        self.route.subscribe()
+    }
+
+    /// Picks the ready endpoint with the fewest requests in flight, if any.
+    pub fn pick(&self) -> Option<Arc<Endpoint>> {
+        let route = self.route.borrow();
+        route
+            .endpoints
+            .iter()
+            .min_by_key(|e| e.inflight.load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    /// Number of ready endpoints.
+    pub fn ready(&self) -> usize {
+        self.route.borrow().endpoints.len()
+    }
+
+    /// Publishes a newly ready endpoint and wakes held requests.
+    pub fn add_endpoint(&self, ep: Arc<Endpoint>) {
+        self.activating.store(false, Ordering::Release);
+        self.route.send_modify(|r| {
+            let mut v: Vec<_> = r
+                .endpoints
+                .iter()
+                .filter(|e| e.replica != ep.replica)
+                .cloned()
+                .collect();
+            v.push(ep);
+            r.endpoints = v.into();
+            r.failure = None;
+        });
+    }
+
+    /// Withdraws an endpoint so that no new request goes to it.
+    pub fn remove_endpoint(&self, replica: u64) {
+        self.route.send_if_modified(|r| {
+            if !r.endpoints.iter().any(|e| e.replica == replica) {
+                return false;
+            }
+            r.endpoints = r
+                .endpoints
+                .iter()
+                .filter(|e| e.replica != replica)
+                .cloned()
+                .collect();
+            true
+        });
+    }
+
+    /// Reports that a start failed, waking held requests so that they can fail fast.
+    pub fn publish_failure(&self, why: String) {
+        self.activating.store(false, Ordering::Release);
+        self.route.send_modify(|r| r.failure = Some(why.into()));
+    }
+
+    /// Clears a reported failure before a new start.
+    pub fn clear_failure(&self) {
+        self.route.send_if_modified(|r| r.failure.take().is_some());
+    }
+
+    /// Marks activity now (a request finished or started).
+    pub fn touch(&self) {
+        self.last_activity_ms
+            .store(crate::now_ms(), Ordering::Relaxed);
+    }
+
+    /// When the function last saw a request, in milliseconds since the epoch.
+    pub fn last_activity_ms(&self) -> u64 {
+        self.last_activity_ms.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pep723::ScriptMetadata;
+
+    pub(crate) fn spec(name: &str) -> FunctionSpec {
+        FunctionSpec {
+            name: name.into(),
+            user: None,
+            replicas: 0,
+            min_replicas: 0,
+            max_replicas: 3,
+            target_concurrency: None,
+            idle_timeout_ms: None,
+            metadata: ScriptMetadata::default(),
+            version: 1,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn ep(replica: u64, inflight: usize) -> Arc<Endpoint> {
+        Arc::new(Endpoint {
+            addr: ([127, 0, 0, 1], 1000 + replica as u16).into(),
+            replica,
+            inflight: AtomicUsize::new(inflight),
+        })
+    }
+
+    #[test]
+    fn one_activation_for_many_requests() {
+        let (reg, mut rx) = Registry::new();
+        let e = reg.insert(spec("f"));
+        assert!(reg.request_activation(&e));
+        assert!(!reg.request_activation(&e));
+        assert_eq!(rx.try_recv().unwrap().name, "f");
+        assert!(rx.try_recv().is_err());
+        e.add_endpoint(ep(1, 0));
+        e.remove_endpoint(1);
+        assert!(
+            reg.request_activation(&e),
+            "a new activation after the replica went away"
+        );
+    }
+
+    #[test]
+    fn picks_least_inflight() {
+        let (reg, _rx) = Registry::new();
+        let e = reg.insert(spec("f"));
+        e.add_endpoint(ep(1, 5));
+        e.add_endpoint(ep(2, 1));
+        assert_eq!(e.pick().unwrap().replica, 2);
+        e.remove_endpoint(2);
+        assert_eq!(e.pick().unwrap().replica, 1);
+    }
+
+    #[tokio::test]
+    async fn held_requests_are_woken_by_an_endpoint() {
+        let (reg, _rx) = Registry::new();
+        let e = reg.insert(spec("f"));
+        let mut rx = e.subscribe();
+        let e2 = e.clone();
+        tokio::spawn(async move { e2.add_endpoint(ep(7, 0)) });
+        let state = rx.wait_for(|r| !r.endpoints.is_empty()).await.unwrap();
+        assert_eq!(state.endpoints[0].replica, 7);
+    }
+}

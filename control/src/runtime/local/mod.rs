@@ -1,0 +1,347 @@
+//! The local runtime: functions as child processes on this machine, kept in a state directory.
+
+mod listen;
+mod replica;
+mod store;
+mod uv;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::sync::Mutex as AsyncMutex;
+
+use self::replica::{Replica, ReplicaCtx};
+use self::store::Store;
+use super::Runtime;
+use crate::config::Config;
+use crate::function::FunctionDef;
+use crate::logbuf::LogBuf;
+use crate::registry::{FnEntry, Registry};
+use crate::{Error, Result};
+
+/// Lines of output kept per function.
+const LOG_LINES: usize = 2000;
+
+/// Runs functions as `uv run --script` children.
+#[derive(Clone)]
+pub struct LocalRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    registry: Registry,
+    uv: String,
+    deploy_timeout: Duration,
+    drain_timeout: Duration,
+    fns: Mutex<HashMap<String, Slot>>,
+    next_replica: AtomicU64,
+}
+
+/// A function's place in the runtime; `None` while it is being created or after deletion.
+type Slot = Arc<AsyncMutex<Option<LocalFn>>>;
+
+struct LocalFn {
+    def: FunctionDef,
+    script: PathBuf,
+    env: Arc<Vec<(String, String)>>,
+    replicas: Vec<Replica>,
+    logs: Arc<LogBuf>,
+    entry: Arc<FnEntry>,
+}
+
+// === impl LocalRuntime ===
+
+impl LocalRuntime {
+    /// Opens the state directory and stops replicas left behind by an earlier run that died.
+    pub fn new(cfg: &Config, registry: Registry) -> Result<Self> {
+        let store = Store::open(&cfg.state_dir)?;
+        for pgid in store.take_stale_pids() {
+            if killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok() {
+                log::warn!("stopped replica process group {pgid} left behind by an earlier run");
+            }
+        }
+        Ok(LocalRuntime {
+            inner: Arc::new(Inner {
+                store,
+                registry,
+                uv: cfg.uv.clone(),
+                deploy_timeout: cfg.deploy_timeout,
+                drain_timeout: cfg.shutdown_grace.mul_f32(0.6),
+                fns: Mutex::new(HashMap::new()),
+                next_replica: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    fn slot(&self, name: &str) -> Result<Slot> {
+        let fns = self.inner.fns.lock().unwrap_or_else(|p| p.into_inner());
+        fns.get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(name.to_string()))
+    }
+
+    fn ctx(&self, f: &LocalFn) -> ReplicaCtx {
+        ReplicaCtx {
+            entry: f.entry.clone(),
+            script: f.script.clone(),
+            env: f.env.clone(),
+            logs: f.logs.clone(),
+            uv: self.inner.uv.clone(),
+            store: self.inner.store.clone(),
+            drain_timeout: self.inner.drain_timeout,
+        }
+    }
+
+    fn start_replicas(&self, ctx: &ReplicaCtx, n: u32) -> Vec<Replica> {
+        (0..n)
+            .map(|_| {
+                let id = self.inner.next_replica.fetch_add(1, Ordering::Relaxed);
+                Replica::start(ctx.clone(), id)
+            })
+            .collect()
+    }
+
+    /// Waits until every replica in `ids` is ready, a start fails, or the deploy timeout passes.
+    async fn wait_ready(&self, entry: &FnEntry, ids: &[u64], logs: &LogBuf) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut rx = entry.subscribe();
+        let wait = async {
+            rx.wait_for(|r| {
+                r.failure.is_some()
+                    || ids
+                        .iter()
+                        .all(|id| r.endpoints.iter().any(|e| e.replica == *id))
+            })
+            .await
+            .map(|state| state.failure.clone())
+        };
+        match tokio::time::timeout(self.inner.deploy_timeout, wait).await {
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some(why))) => Err(Error::Unprocessable(why.to_string())),
+            Ok(Err(_)) => Err(Error::NotFound(entry.name.clone())),
+            Err(_) => Err(Error::Timeout(format!(
+                "the function was not ready after {:?} (FAAS_DEPLOY_TIMEOUT); last output:\n{}",
+                self.inner.deploy_timeout,
+                logs.tail(15).join("\n")
+            ))),
+        }
+    }
+
+    fn register(&self, def: FunctionDef, script: PathBuf) -> LocalFn {
+        let entry = self.inner.registry.insert(def.spec.clone());
+        LocalFn {
+            env: Arc::new(def.env.clone()),
+            def,
+            script,
+            replicas: Vec::new(),
+            logs: Arc::new(LogBuf::new(LOG_LINES)),
+            entry,
+        }
+    }
+}
+
+async fn stop_all(replicas: Vec<Replica>) {
+    let tasks: Vec<_> = replicas
+        .into_iter()
+        .map(|r| tokio::spawn(r.stop()))
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+#[async_trait]
+impl Runtime for LocalRuntime {
+    async fn restore(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for def in self.inner.store.load_all() {
+            let name = def.spec.name.clone();
+            let script = self
+                .inner
+                .store
+                .version_dir(&name, def.spec.version)
+                .join("main.py");
+            let replicas = def.spec.replicas;
+            let mut f = self.register(def, script);
+            let ctx = self.ctx(&f);
+            f.replicas = self.start_replicas(&ctx, replicas);
+            log::info!("restored function {name} with {replicas} replica(s)");
+            let mut fns = self.inner.fns.lock().unwrap_or_else(|p| p.into_inner());
+            fns.insert(name.clone(), Arc::new(AsyncMutex::new(Some(f))));
+            names.push(name);
+        }
+        Ok(names)
+    }
+
+    async fn create(&self, def: FunctionDef) -> Result<()> {
+        let name = def.spec.name.clone();
+        let slot: Slot = Arc::new(AsyncMutex::new(None));
+        let mut guard = slot
+            .clone()
+            .try_lock_owned()
+            .map_err(|e| Error::internal("locking new function", e))?;
+        {
+            let mut fns = self.inner.fns.lock().unwrap_or_else(|p| p.into_inner());
+            if fns.contains_key(&name) {
+                return Err(Error::Conflict(name));
+            }
+            fns.insert(name.clone(), slot);
+        }
+        let result = async {
+            let script = self.inner.store.write_version(&def)?;
+            uv::prepare(&self.inner.uv, &script, &name).await?;
+            self.inner.store.commit(&def.spec)?;
+            let replicas = def.spec.replicas;
+            let mut f = self.register(def, script);
+            let ctx = self.ctx(&f);
+            f.replicas = self.start_replicas(&ctx, replicas);
+            let ids: Vec<u64> = f.replicas.iter().map(|r| r.id).collect();
+            let ready = self.wait_ready(&f.entry, &ids, &f.logs).await;
+            Ok::<_, Error>((f, ready))
+        }
+        .await;
+        match result {
+            Ok((f, Ok(()))) => {
+                *guard = Some(f);
+                Ok(())
+            }
+            Ok((f, Err(e))) => {
+                stop_all(f.replicas).await;
+                self.inner.registry.remove(&name);
+                self.forget(&name)?;
+                Err(e)
+            }
+            Err(e) => {
+                self.forget(&name)?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn update(&self, def: FunctionDef) -> Result<()> {
+        let name = def.spec.name.clone();
+        let slot = self.slot(&name)?;
+        let mut guard = slot.lock().await;
+        let f = guard
+            .as_mut()
+            .ok_or_else(|| Error::NotFound(name.clone()))?;
+        let old_version = f.def.spec.version;
+        let script = self.inner.store.write_version(&def)?;
+        if let Err(e) = uv::prepare(&self.inner.uv, &script, &name).await {
+            self.inner.store.remove_version(&name, def.spec.version);
+            return Err(e);
+        }
+        let mut next = LocalFn {
+            env: Arc::new(def.env.clone()),
+            def,
+            script,
+            replicas: Vec::new(),
+            logs: f.logs.clone(),
+            entry: f.entry.clone(),
+        };
+        let ctx = self.ctx(&next);
+        // Keep at least the serving capacity of the old version while switching.
+        let n = next.def.spec.replicas;
+        next.replicas = self.start_replicas(&ctx, n);
+        let ids: Vec<u64> = next.replicas.iter().map(|r| r.id).collect();
+        if let Err(e) = self.wait_ready(&next.entry, &ids, &next.logs).await {
+            stop_all(next.replicas).await;
+            self.inner
+                .store
+                .remove_version(&name, next.def.spec.version);
+            next.entry.clear_failure();
+            return Err(e);
+        }
+        self.inner.store.commit(&next.def.spec)?;
+        next.entry.set_spec(next.def.spec.clone());
+        let old = std::mem::replace(f, next);
+        stop_all(old.replicas).await;
+        self.inner.store.remove_version(&name, old_version);
+        Ok(())
+    }
+
+    async fn get(&self, name: &str) -> Result<FunctionDef> {
+        let slot = self.slot(name)?;
+        let guard = slot.lock().await;
+        guard
+            .as_ref()
+            .map(|f| f.def.clone())
+            .ok_or_else(|| Error::NotFound(name.to_string()))
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        let slot = self.slot(name)?;
+        let mut guard = slot.lock().await;
+        let f = guard
+            .take()
+            .ok_or_else(|| Error::NotFound(name.to_string()))?;
+        self.inner.registry.remove(name);
+        stop_all(f.replicas).await;
+        self.forget(name)
+    }
+
+    async fn scale(&self, name: &str, replicas: u32) -> Result<()> {
+        let slot = self.slot(name)?;
+        let mut guard = slot.lock().await;
+        let f = guard
+            .as_mut()
+            .ok_or_else(|| Error::NotFound(name.to_string()))?;
+        f.def.spec.replicas = replicas;
+        self.inner.store.commit(&f.def.spec)?;
+        f.entry.set_spec(f.def.spec.clone());
+        let have = f.replicas.len() as u32;
+        if replicas > have {
+            let ctx = self.ctx(f);
+            let more = self.start_replicas(&ctx, replicas - have);
+            f.replicas.extend(more);
+        } else if replicas < have {
+            let gone = f.replicas.split_off(replicas as usize);
+            // Draining may take a while; the function stays usable meanwhile.
+            tokio::spawn(stop_all(gone));
+        }
+        Ok(())
+    }
+
+    async fn logs(&self, name: &str, tail: usize) -> Result<Vec<String>> {
+        let slot = self.slot(name)?;
+        let guard = slot.lock().await;
+        guard
+            .as_ref()
+            .map(|f| f.logs.tail(tail))
+            .ok_or_else(|| Error::NotFound(name.to_string()))
+    }
+
+    async fn shutdown(&self) {
+        let slots: Vec<Slot> = {
+            let fns = self.inner.fns.lock().unwrap_or_else(|p| p.into_inner());
+            fns.values().cloned().collect()
+        };
+        let mut all = Vec::new();
+        for slot in slots {
+            if let Some(f) = slot.lock().await.as_mut() {
+                all.append(&mut f.replicas);
+            }
+        }
+        stop_all(all).await;
+    }
+}
+
+impl LocalRuntime {
+    fn forget(&self, name: &str) -> Result<()> {
+        self.inner
+            .fns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        self.inner.store.remove(name)
+    }
+}

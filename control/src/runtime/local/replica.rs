@@ -1,0 +1,271 @@
+//! One replica of a local function: a `uv run --script` child in its own process group,
+//! supervised — published as an endpoint once its port accepts connections, restarted with
+//! backoff when it crashes, drained and stopped (whole group) when asked.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::listen::listening_ports;
+use super::store::Store;
+use crate::logbuf::LogBuf;
+use crate::registry::{Endpoint, FnEntry};
+
+/// Everything a replica needs to run.
+#[derive(Clone)]
+pub(super) struct ReplicaCtx {
+    pub entry: Arc<FnEntry>,
+    pub script: PathBuf,
+    pub env: Arc<Vec<(String, String)>>,
+    pub logs: Arc<LogBuf>,
+    pub uv: String,
+    pub store: Store,
+    pub drain_timeout: Duration,
+}
+
+/// A running replica and the handle to stop it.
+pub(super) struct Replica {
+    pub id: u64,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A replica that ran this long before crashing restarts without delay growth.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+/// How long a stopped replica gets between SIGTERM and SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(3);
+
+impl Replica {
+    /// Starts supervising replica `id`.
+    pub fn start(ctx: ReplicaCtx, id: u64) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(supervise(ctx, id, stop_rx));
+        Replica { id, stop, task }
+    }
+
+    /// Withdraws the replica from routing, lets its in-flight requests finish (bounded by the
+    /// drain timeout), then stops its whole process group.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn supervise(ctx: ReplicaCtx, id: u64, mut stop: watch::Receiver<bool>) {
+    let mut backoff = BACKOFF_MIN;
+    let tag = format!("[r{id}]");
+    loop {
+        let port = match free_port() {
+            Ok(p) => p,
+            Err(e) => {
+                ctx.entry
+                    .publish_failure(format!("no free port for a replica: {e}"));
+                return;
+            }
+        };
+        let mut child = match spawn(&ctx, port, &tag) {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("could not start `{} run --script`: {e}", ctx.uv);
+                ctx.logs.push(format!("{tag} {why}"));
+                ctx.entry.publish_failure(why);
+                return;
+            }
+        };
+        let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+        ctx.store.record_pid(pgid);
+        let started = Instant::now();
+
+        // Phase 1: until ready, exit, or stop.
+        let outcome = tokio::select! {
+            addr = wait_ready(pgid, port) => Ok(addr),
+            status = child.wait() => Err(status),
+            _ = stopped(&mut stop) => {
+                terminate(&mut child, pgid).await;
+                ctx.store.forget_pid(pgid);
+                return;
+            }
+        };
+        let status = match outcome {
+            Ok(addr) => {
+                log::info!(
+                    "{}: replica r{id} ready on {addr} after {:?}",
+                    ctx.entry.name,
+                    started.elapsed()
+                );
+                let ep = Arc::new(Endpoint {
+                    addr,
+                    replica: id,
+                    inflight: AtomicUsize::new(0),
+                });
+                ctx.entry.add_endpoint(ep.clone());
+                // Phase 2: serving, until exit or stop.
+                tokio::select! {
+                    status = child.wait() => {
+                        ctx.entry.remove_endpoint(id);
+                        status
+                    }
+                    _ = stopped(&mut stop) => {
+                        ctx.entry.remove_endpoint(id);
+                        drain(&ep, ctx.drain_timeout).await;
+                        terminate(&mut child, pgid).await;
+                        ctx.store.forget_pid(pgid);
+                        return;
+                    }
+                }
+            }
+            Err(status) => {
+                let why = exit_before_ready(&ctx, &tag, &status);
+                log::warn!("{}: {why}", ctx.entry.name);
+                ctx.entry.publish_failure(why);
+                status
+            }
+        };
+        // The group may outlive its leader (uv exits, python stays): clear it.
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        ctx.store.forget_pid(pgid);
+        let status = status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
+        ctx.logs
+            .push(format!("{tag} exited: {status}; restarting in {backoff:?}"));
+        log::warn!(
+            "{}: replica r{id} exited ({status}); restarting in {backoff:?}",
+            ctx.entry.name
+        );
+        if started.elapsed() > HEALTHY_RUN {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped(&mut stop) => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Resolves once the replica is asked to stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn spawn(ctx: &ReplicaCtx, port: u16, tag: &str) -> std::io::Result<Child> {
+    let mut cmd = Command::new(&ctx.uv);
+    cmd.arg("run").arg("--script").arg(&ctx.script);
+    super::uv::no_downloads_unless_asked(&mut cmd);
+    cmd.envs(ctx.env.iter().map(|(k, v)| (k, v)))
+        .env("PORT", port.to_string())
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(dir) = ctx.script.parent() {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd.spawn()?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, ctx.logs.clone(), tag.to_string()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(err, ctx.logs.clone(), tag.to_string()));
+    }
+    Ok(child)
+}
+
+async fn pump(out: impl AsyncRead + Unpin, logs: Arc<LogBuf>, tag: String) {
+    let mut lines = BufReader::new(out).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        logs.push(format!("{tag} {line}"));
+    }
+}
+
+/// Waits until the replica listens: on `$PORT`, or — for scripts that ignore it — on whatever
+/// port its process group has opened.
+async fn wait_ready(pgid: i32, port: u16) -> SocketAddr {
+    let assigned = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut round = 0u32;
+    loop {
+        if TcpStream::connect(assigned).await.is_ok() {
+            return assigned;
+        }
+        // Scanning /proc costs more than a refused connect; do it every 5th round.
+        if round % 5 == 4 {
+            for p in listening_ports(pgid) {
+                let addr = SocketAddr::from(([127, 0, 0, 1], p));
+                if TcpStream::connect(addr).await.is_ok() {
+                    return addr;
+                }
+            }
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(if round < 100 { 10 } else { 50 })).await;
+    }
+}
+
+fn exit_before_ready(ctx: &ReplicaCtx, tag: &str, status: &std::io::Result<ExitStatus>) -> String {
+    let tail: Vec<String> = ctx
+        .logs
+        .tail(400)
+        .into_iter()
+        .filter(|l| l.starts_with(tag))
+        .collect();
+    let tail = &tail[tail.len().saturating_sub(15)..];
+    let status = match status {
+        Ok(s) => s.to_string(),
+        Err(e) => e.to_string(),
+    };
+    let port_in_use = tail.iter().any(|l| l.contains("Address already in use"));
+    let head = if port_in_use {
+        "port in use: the replica could not bind its port. A script that ignores $PORT and binds \
+         a fixed port (e.g. 8000) can run only one replica on this machine, and nothing else may \
+         hold that port"
+            .to_string()
+    } else {
+        format!("the function exited ({status}) before it was ready")
+    };
+    format!("{head}; last output:\n{}", tail.join("\n"))
+}
+
+/// Waits until nothing is in flight to `ep` or the timeout passes.
+async fn drain(ep: &Endpoint, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while ep.inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SIGTERM to the whole group, then SIGKILL after a grace.
+async fn terminate(child: &mut Child, pgid: i32) {
+    if pgid > 0 {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
+    }
+    if tokio::time::timeout(TERM_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    if pgid > 0 {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

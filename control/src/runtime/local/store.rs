@@ -1,0 +1,148 @@
+//! The local runtime's state directory: each function's spec, and its script and dot file per
+//! version, so that functions survive a restart of `faas`.
+//!
+//! ```text
+//! <state>/functions/<name>/spec.json        the committed spec (names the live version)
+//! <state>/functions/<name>/v<N>/main.py     script of version N
+//! <state>/functions/<name>/v<N>/.env        dot file of version N
+//! <state>/pids/<pgid>                       process groups of running replicas
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::function::{parse_dot_file, FunctionDef, FunctionSpec};
+use crate::{Error, Result};
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating) the state directory.
+    pub fn open(root: &Path) -> Result<Self> {
+        for d in ["functions", "pids"] {
+            fs::create_dir_all(root.join(d))
+                .map_err(|e| Error::internal(format!("creating {}", root.join(d).display()), e))?;
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn fn_dir(&self, name: &str) -> PathBuf {
+        self.root.join("functions").join(name)
+    }
+
+    /// The directory of one version of a function.
+    pub fn version_dir(&self, name: &str, version: u64) -> PathBuf {
+        self.fn_dir(name).join(format!("v{version}"))
+    }
+
+    /// Writes a version's script and dot file; returns the script path.
+    pub fn write_version(&self, def: &FunctionDef) -> Result<PathBuf> {
+        let dir = self.version_dir(&def.spec.name, def.spec.version);
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::internal(format!("creating {}", dir.display()), e))?;
+        write_atomic(&dir.join(".env"), def.dot_file.as_bytes())?;
+        let script = dir.join("main.py");
+        write_atomic(&script, def.script.as_bytes())?;
+        Ok(script)
+    }
+
+    /// Makes `spec` the committed state of its function.
+    pub fn commit(&self, spec: &FunctionSpec) -> Result<()> {
+        let json =
+            serde_json::to_vec_pretty(spec).map_err(|e| Error::internal("encoding spec", e))?;
+        write_atomic(&self.fn_dir(&spec.name).join("spec.json"), &json)
+    }
+
+    /// Removes one version's files.
+    pub fn remove_version(&self, name: &str, version: u64) {
+        let _ = fs::remove_dir_all(self.version_dir(name, version));
+    }
+
+    /// Removes a function entirely.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        match fs::remove_dir_all(self.fn_dir(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::internal(format!("removing function {name}"), e)),
+        }
+    }
+
+    /// Every committed function. Unreadable ones are reported and skipped.
+    pub fn load_all(&self) -> Vec<FunctionDef> {
+        let Ok(dir) = fs::read_dir(self.root.join("functions")) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for ent in dir.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            match self.load(&name) {
+                Ok(def) => out.push(def),
+                Err(e) => log::warn!("skipping stored function {name}: {e}"),
+            }
+        }
+        out
+    }
+
+    /// One committed function.
+    pub fn load(&self, name: &str) -> Result<FunctionDef> {
+        let spec_path = self.fn_dir(name).join("spec.json");
+        let bytes = fs::read(&spec_path)
+            .map_err(|e| Error::internal(format!("reading {}", spec_path.display()), e))?;
+        let spec: FunctionSpec = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::internal(format!("parsing {}", spec_path.display()), e))?;
+        let dir = self.version_dir(name, spec.version);
+        let script = fs::read_to_string(dir.join("main.py"))
+            .map_err(|e| Error::internal(format!("reading {}/main.py", dir.display()), e))?;
+        let dot_file = fs::read_to_string(dir.join(".env")).unwrap_or_default();
+        let env = parse_dot_file(&dot_file)?;
+        Ok(FunctionDef {
+            spec,
+            script,
+            dot_file,
+            env,
+        })
+    }
+
+    /// Records a running replica's process group.
+    pub fn record_pid(&self, pgid: i32) {
+        let _ = fs::write(self.root.join("pids").join(pgid.to_string()), b"");
+    }
+
+    /// Forgets a replica's process group.
+    pub fn forget_pid(&self, pgid: i32) {
+        let _ = fs::remove_file(self.root.join("pids").join(pgid.to_string()));
+    }
+
+    /// Process groups recorded by an earlier run that may still be alive; the records are removed.
+    pub fn take_stale_pids(&self) -> Vec<i32> {
+        let Ok(dir) = fs::read_dir(self.root.join("pids")) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for ent in dir.flatten() {
+            if let Some(p) = ent.file_name().to_str().and_then(|s| s.parse().ok()) {
+                out.push(p);
+            }
+            let _ = fs::remove_file(ent.path());
+        }
+        out
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let res = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    res.map_err(|e| Error::internal(format!("writing {}", path.display()), e))
+}

@@ -1,0 +1,40 @@
+//! Runtimes run functions: the local one as child processes, the Kubernetes one as Deployments.
+//! Both publish ready endpoints into the [`Registry`](crate::registry::Registry).
+
+pub mod local;
+
+use async_trait::async_trait;
+
+use crate::function::FunctionDef;
+use crate::Result;
+
+/// What the admin API, the reaper and the activator need from a runtime.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Brings back the functions that existed before this process started, with their replica
+    /// counts, registering them. Returns their names.
+    async fn restore(&self) -> Result<Vec<String>>;
+
+    /// Prepares and starts a new function; returns once `spec.replicas` replicas are ready.
+    /// On failure nothing of it is left behind.
+    async fn create(&self, def: FunctionDef) -> Result<()>;
+
+    /// Replaces a function's script, environment or options. New replicas are ready before old
+    /// ones stop; on failure the old version keeps serving.
+    async fn update(&self, def: FunctionDef) -> Result<()>;
+
+    /// The stored definition of a function.
+    async fn get(&self, name: &str) -> Result<FunctionDef>;
+
+    /// Removes a function and everything it runs.
+    async fn delete(&self, name: &str) -> Result<()>;
+
+    /// Sets the desired replica count; does not wait for readiness.
+    async fn scale(&self, name: &str, replicas: u32) -> Result<()>;
+
+    /// The last `tail` lines of the output of a function's replicas.
+    async fn logs(&self, name: &str, tail: usize) -> Result<Vec<String>>;
+
+    /// Stops every replica (process shutdown); functions stay stored.
+    async fn shutdown(&self);
+}

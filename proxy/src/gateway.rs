@@ -1,0 +1,329 @@
+//! The `ProxyHttp` implementation: routing, the admin API, `/health` and `/metrics`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use control::admin::{Admin, AdminRequest, AdminResponse};
+use control::config::Config;
+use control::registry::{Endpoint, FnEntry, Registry};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::activator::{self, Bounds, Refusal};
+use crate::metrics::Metrics;
+use crate::{respond, routes};
+
+/// The gateway. Shared by all connections; everything in it is cheap to read concurrently.
+pub struct Gateway {
+    cfg: Arc<Config>,
+    registry: Registry,
+    admin: Admin,
+    metrics: Arc<Metrics>,
+    bounds: Bounds,
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct Ctx {
+    /// The function this request goes to.
+    entry: Option<Arc<FnEntry>>,
+    /// The replica it was sent to.
+    endpoint: Option<Arc<Endpoint>>,
+    /// Where the function's part of the path starts (after `/gateway/{name}`).
+    rest_at: usize,
+    /// Why the activator refused, when it did.
+    refusal: Option<Refusal>,
+    /// Attempts at connecting, to bound retries.
+    attempts: u8,
+    started: Option<Instant>,
+}
+
+/// Connection attempts per request (a replica may die between pick and connect).
+const MAX_ATTEMPTS: u8 = 3;
+
+impl Gateway {
+    /// A gateway over a registry, with its admin API and metrics.
+    pub fn new(cfg: Arc<Config>, registry: Registry, admin: Admin, metrics: Arc<Metrics>) -> Self {
+        let bounds = Bounds {
+            timeout: cfg.activation_timeout,
+            max_pending: cfg.activation_max_pending,
+        };
+        Gateway {
+            cfg,
+            registry,
+            admin,
+            metrics,
+            bounds,
+        }
+    }
+
+    /// Serves `/admin/*`: token, body limit, then the admin API.
+    async fn serve_admin(&self, session: &mut Session) -> Result<()> {
+        let header = |s: &Session, name: &str| {
+            s.req_header()
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let resp = match self
+            .admin
+            .authorize(header(session, "authorization").as_deref())
+        {
+            Some(denied) => denied,
+            None => match self.read_body(session).await? {
+                Err(too_large) => too_large,
+                Ok(body) => {
+                    let req = session.req_header();
+                    let host = header(session, "host");
+                    let path = req.uri.path().to_string();
+                    let query = req.uri.query().map(str::to_string);
+                    let method = req.method.as_str().to_string();
+                    self.admin
+                        .handle(AdminRequest {
+                            method: &method,
+                            path: &path,
+                            query: query.as_deref(),
+                            host: host.as_deref(),
+                            body: &body,
+                        })
+                        .await
+                }
+            },
+        };
+        self.metrics
+            .admin
+            .with_label_values(&[resp.operation, resp.status.to_string().as_str()])
+            .inc();
+        if resp.status == 413 {
+            session.set_keepalive(None);
+        }
+        respond::send(session, resp.status, resp.content_type, &[], resp.body).await
+    }
+
+    /// Reads the request body up to the limit; `Err` is the 413 to send.
+    async fn read_body(
+        &self,
+        session: &mut Session,
+    ) -> Result<std::result::Result<BytesMut, AdminResponse>> {
+        let limit = self.cfg.max_body_bytes;
+        let too_large = || {
+            AdminResponse::error(
+                "too_large",
+                413,
+                &format!("the body is larger than {limit} bytes (FAAS_MAX_BODY_BYTES)"),
+            )
+        };
+        let declared = session
+            .req_header()
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Ok(Err(too_large()));
+        }
+        let mut body = BytesMut::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if body.len() + chunk.len() > limit {
+                return Ok(Err(too_large()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Ok(body))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let path = session.req_header().uri.path();
+        if let Some(route) = routes::split(&self.cfg.path_prefix, path) {
+            let Some(entry) = self.registry.get(route.name) else {
+                let msg = format!("no function named {:?} is deployed", route.name);
+                respond::error(session, 404, &msg, &[]).await?;
+                // true: the response is already written
+                return Ok(true);
+            };
+            ctx.rest_at = path.len() - route.rest.len();
+            ctx.started = Some(Instant::now());
+            entry.inflight.fetch_add(1, Ordering::AcqRel);
+            self.metrics
+                .inflight
+                .with_label_values(&[&entry.name])
+                .inc();
+            ctx.entry = Some(entry);
+            return Ok(false);
+        }
+        match path {
+            "/health" => respond::send(session, 200, "text/plain", &[], b"ok".to_vec()).await?,
+            "/metrics" => {
+                let body = self.metrics.render();
+                respond::send(session, 200, "text/plain; version=0.0.4", &[], body).await?
+            }
+            p if p == "/admin" || p.starts_with("/admin/") => self.serve_admin(session).await?,
+            _ => {
+                let msg = format!(
+                    "nothing at {path}; functions are served under {}/<name>/",
+                    self.cfg.path_prefix
+                );
+                respond::error(session, 404, &msg, &[]).await?
+            }
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(entry) = ctx.entry.clone() else {
+            return Error::e_explain(ErrorType::InternalError, "no function chosen");
+        };
+        // A retry: release the replica of the failed attempt.
+        if let Some(old) = ctx.endpoint.take() {
+            old.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+        ctx.attempts += 1;
+        let ep = match activator::acquire(&self.registry, &entry, self.bounds).await {
+            Ok(ep) => ep,
+            Err(refusal) => {
+                let status = refusal.status;
+                ctx.refusal = Some(refusal);
+                return Error::e_explain(ErrorType::HTTPStatus(status), "activation refused");
+            }
+        };
+        ep.inflight.fetch_add(1, Ordering::AcqRel);
+        let peer = HttpPeer::new(ep.addr, false, String::new());
+        ctx.endpoint = Some(ep);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let uri = &session.req_header().uri;
+        let rest = uri.path().get(ctx.rest_at..).unwrap_or("");
+        let prefix = &uri.path()[..ctx.rest_at];
+        let target = routes::upstream_path(rest, uri.query());
+        let host = session.req_header().headers.get("host").cloned();
+        let prefix = prefix.to_string();
+        upstream.set_uri(
+            target.parse().map_err(|e| {
+                Error::because(ErrorType::InvalidHTTPHeader, "rewriting the path", e)
+            })?,
+        );
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        if let Some(ip) = client {
+            let xff = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            upstream.insert_header("X-Forwarded-For", xff)?;
+        }
+        upstream.insert_header("X-Forwarded-Proto", "http")?;
+        if let Some(h) = host {
+            upstream.insert_header("X-Forwarded-Host", h)?;
+        }
+        upstream.insert_header("X-Forwarded-Prefix", prefix)?;
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent yet: another replica (or the next activation) may take it.
+        if ctx.attempts < MAX_ATTEMPTS {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let name = ctx.entry.as_ref().map(|e| e.name.as_str()).unwrap_or("");
+        let (code, message, extra) = match ctx.refusal.take() {
+            Some(r) => {
+                let extra: Vec<(&'static str, String)> = r
+                    .retry_after
+                    .map(|s| vec![("Retry-After", s.to_string())])
+                    .unwrap_or_default();
+                (r.status, r.message, extra)
+            }
+            None => match e.etype() {
+                ErrorType::HTTPStatus(c) => (*c, format!("function {name:?}: {e}"), Vec::new()),
+                _ => match e.esource() {
+                    pingora_core::ErrorSource::Upstream => (
+                        502,
+                        format!("function {name:?} failed to answer: {e}"),
+                        Vec::new(),
+                    ),
+                    pingora_core::ErrorSource::Downstream => match e.etype() {
+                        ErrorType::WriteError
+                        | ErrorType::ReadError
+                        | ErrorType::ConnectionClosed => (0, String::new(), Vec::new()),
+                        _ => (400, format!("bad request: {e}"), Vec::new()),
+                    },
+                    _ => (500, format!("gateway error: {e}"), Vec::new()),
+                },
+            },
+        };
+        if code > 0 {
+            if let Err(we) = respond::error(session, code, &message, &extra).await {
+                log::debug!("could not send the error response: {we}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(ep) = ctx.endpoint.take() {
+            ep.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+        let Some(entry) = ctx.entry.take() else {
+            return;
+        };
+        entry.inflight.fetch_sub(1, Ordering::AcqRel);
+        entry.touch();
+        let code = session.response_written().map_or(0, |r| r.status.as_u16());
+        let code = code.to_string();
+        self.metrics
+            .inflight
+            .with_label_values(&[&entry.name])
+            .dec();
+        self.metrics
+            .requests
+            .with_label_values(&[entry.name.as_str(), code.as_str()])
+            .inc();
+        if let Some(t) = ctx.started {
+            self.metrics
+                .duration
+                .with_label_values(&[&entry.name])
+                .observe(t.elapsed().as_secs_f64());
+        }
+    }
+}

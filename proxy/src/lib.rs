@@ -1,0 +1,13 @@
+//! The Pingora gateway of Poorman FaaS: routes `/gateway/{name}/...` to a ready replica of the
+//! function, holds requests while a function at zero starts, and carries the admin API,
+//! `/health` and `/metrics` on the same port.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod activator;
+pub mod gateway;
+pub mod lifecycle;
+pub mod metrics;
+pub mod respond;
+pub mod routes;
+pub mod signals;

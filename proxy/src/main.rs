@@ -1,0 +1,105 @@
+//! `faas`: the Poorman FaaS gateway, admin API and runtime in one process.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use control::admin::Admin;
+use control::config::{Config, RuntimeKind};
+use control::registry::Registry;
+use control::runtime::local::LocalRuntime;
+use control::runtime::Runtime;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server};
+use pingora_core::services::background::background_service;
+
+use proxy::gateway::Gateway;
+use proxy::lifecycle::Lifecycle;
+use proxy::metrics::Metrics;
+use proxy::signals::Signals;
+
+#[derive(Parser)]
+#[command(
+    name = "faas",
+    version,
+    about = "Poorman FaaS: Python functions behind a Pingora gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway, admin API and runtime.
+    Serve {
+        /// Configuration file (Pingora keys + a `faas:` section); the environment overrides it.
+        #[arg(long, env = "FAAS_CONF")]
+        conf: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("faas: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let Command::Serve { conf } = Cli::parse().command;
+    let yaml = match &conf {
+        Some(path) => Some(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let cfg = Arc::new(Config::load(yaml.as_deref())?);
+    env_logger::Builder::new()
+        .parse_filters(&format!(
+            "warn,faas={0},proxy={0},control={0}",
+            cfg.log_level
+        ))
+        .format_timestamp_millis()
+        .init();
+
+    let mut server_conf = match &yaml {
+        Some(text) => ServerConf::from_yaml(text).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => ServerConf::default(),
+    };
+    // Our own shutdown exits as soon as replicas are stopped; Pingora's grace is the backstop.
+    server_conf.grace_period_seconds = Some(cfg.shutdown_grace.as_secs() + 2);
+    server_conf.graceful_shutdown_timeout_seconds = Some(1);
+    let mut server = Server::new_with_opt_and_conf(None, server_conf);
+    server.bootstrap();
+
+    let (registry, scale_rx) = Registry::new();
+    let runtime: Arc<dyn Runtime> = match cfg.runtime {
+        RuntimeKind::Local => Arc::new(LocalRuntime::new(&cfg, registry.clone())?),
+        RuntimeKind::Kubernetes => {
+            bail!("FAAS_RUNTIME=kubernetes is not available in this build yet; use local")
+        }
+    };
+    let metrics = Arc::new(Metrics::new()?);
+    let admin = Admin::new(cfg.clone(), registry.clone(), runtime.clone());
+    let gateway = Gateway::new(cfg.clone(), registry.clone(), admin, metrics);
+
+    let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, gateway);
+    let addr = format!("{}:{}", cfg.listen, cfg.port);
+    proxy.add_tcp(&addr);
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "lifecycle",
+        Lifecycle::new(registry, scale_rx, runtime, cfg.shutdown_grace),
+    ));
+    log::info!(
+        "faas listening on http://{addr} (runtime {:?}, state {})",
+        cfg.runtime,
+        cfg.state_dir.display()
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals),
+    });
+    Ok(())
+}
