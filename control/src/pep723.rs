@@ -45,6 +45,18 @@ pub fn parse(source: &str) -> Result<ScriptMetadata> {
     } else {
         source
     };
+    // Two blocks back to back would read as one by the regex (its content lines may start
+    // with `# ///`); count the openings first so that the user hears what is wrong.
+    if source
+        .lines()
+        .filter(|l| l.trim_end() == "# /// script")
+        .count()
+        > 1
+    {
+        return Err(bad(
+            "the script has more than one `# /// script` block; PEP 723 allows exactly one",
+        ));
+    }
     let mut scripts = BLOCK
         .captures_iter(source)
         .filter(|c| &c["type"] == "script");
@@ -134,6 +146,9 @@ mod tests {
     #[test]
     fn two_blocks() {
         let e = parse(&format!("{GOOD}{GOOD}")).unwrap_err();
+        assert!(e.to_string().contains("more than one"), "{e}");
+        let block = "# /// script\n# dependencies = []\n# ///\n";
+        let e = parse(&format!("{block}{block}")).unwrap_err();
         assert!(e.to_string().contains("more than one"), "{e}");
     }
 

@@ -290,6 +290,9 @@ impl ProxyHttp for Gateway {
             },
         };
         if code > 0 {
+            // The connection is not reused after a failed proxy: say so to the client.
+            let mut extra = extra;
+            extra.push(("Connection", "close".to_string()));
             if let Err(we) = respond::error(session, code, &message, &extra).await {
                 log::debug!("could not send the error response: {we}");
             }

@@ -76,7 +76,7 @@ async fn supervise(ctx: ReplicaCtx, id: u64, mut stop: watch::Receiver<bool>) {
                 return;
             }
         };
-        let mut child = match spawn(&ctx, port, &tag) {
+        let (mut child, pumps) = match spawn(&ctx, port, &tag) {
             Ok(c) => c,
             Err(e) => {
                 let why = format!("could not start `{} run --script`: {e}", ctx.uv);
@@ -128,6 +128,10 @@ async fn supervise(ctx: ReplicaCtx, id: u64, mut stop: watch::Receiver<bool>) {
                 }
             }
             Err(status) => {
+                // Let the last lines reach the log before quoting them.
+                for p in pumps {
+                    let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
+                }
                 let why = exit_before_ready(&ctx, &tag, &status);
                 log::warn!("{}: {why}", ctx.entry.name);
                 ctx.entry.publish_failure(why);
@@ -162,7 +166,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-fn spawn(ctx: &ReplicaCtx, port: u16, tag: &str) -> std::io::Result<Child> {
+/// Starts the child; also returns the tasks copying its output into the log.
+fn spawn(ctx: &ReplicaCtx, port: u16, tag: &str) -> std::io::Result<(Child, Vec<JoinHandle<()>>)> {
     let mut cmd = Command::new(&ctx.uv);
     cmd.arg("run").arg("--script").arg(&ctx.script);
     super::uv::no_downloads_unless_asked(&mut cmd);
@@ -178,13 +183,14 @@ fn spawn(ctx: &ReplicaCtx, port: u16, tag: &str) -> std::io::Result<Child> {
         cmd.current_dir(dir);
     }
     let mut child = cmd.spawn()?;
+    let mut pumps = Vec::with_capacity(2);
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(out, ctx.logs.clone(), tag.to_string()));
+        pumps.push(tokio::spawn(pump(out, ctx.logs.clone(), tag.to_string())));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(err, ctx.logs.clone(), tag.to_string()));
+        pumps.push(tokio::spawn(pump(err, ctx.logs.clone(), tag.to_string())));
     }
-    Ok(child)
+    Ok((child, pumps))
 }
 
 async fn pump(out: impl AsyncRead + Unpin, logs: Arc<LogBuf>, tag: String) {

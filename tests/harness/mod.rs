@@ -1,0 +1,276 @@
+//! The end-to-end harness: starts the real `faas` binary with a temporary state directory and a
+//! free port, and talks HTTP to it like a user would.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+/// A running `faas serve`.
+pub struct Faas {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    /// Its state directory (kept across restarts of the same `Faas`).
+    pub state: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    /// A client for it.
+    pub http: reqwest::Client,
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `uv` the tests use: the project's `.venv/bin/uv` when the dev script installed it.
+pub fn uv() -> String {
+    let local = repo().join(".venv/bin/uv");
+    if local.exists() {
+        local.to_string_lossy().into_owned()
+    } else {
+        "uv".into()
+    }
+}
+
+/// A function script from `tests/functions/` or `examples/`.
+pub fn script(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
+/// Standard base64 wrapped at 76 columns, as `base64 FILE` prints it.
+pub fn b64_wrapped(text: &str) -> String {
+    let flat = base64::engine::general_purpose::STANDARD.encode(text);
+    flat.as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Faas {
+    /// Starts `faas` with a new state directory.
+    pub async fn start() -> Faas {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts `faas` with extra environment variables.
+    pub async fn start_with(env: &[(&str, &str)]) -> Faas {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut f = Faas {
+            child: None,
+            port: free_port(),
+            state: tmp.path().join("state"),
+            log: tmp.path().join("faas.log"),
+            _tmp: Some(tmp),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        };
+        f.spawn().await;
+        f
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_faas"));
+        cmd.arg("serve");
+        // The rest of the environment (certificates, uv's cache) passes through; our own
+        // settings come only from the test.
+        for (k, _) in std::env::vars() {
+            let ours = ["FAAS_", "REAPER_", "GATEWAY_", "K8S_"];
+            if ours.iter().any(|p| k.starts_with(p)) {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("PORT", self.port.to_string())
+            .env("FAAS_LISTEN", "127.0.0.1")
+            .env("FAAS_RUNTIME", "local")
+            .env("FAAS_STATE_DIR", &self.state)
+            .env("FAAS_UV", uv())
+            .env("LOG_LEVEL", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("starting faas"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.http.get(self.url("/health")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "faas did not answer /health; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// What `faas` printed.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `POST /admin/python` with the original's body shape.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        script: &str,
+        dot_file: &str,
+        replica: u32,
+    ) -> (u16, Value) {
+        let body = json!({
+            "script": b64_wrapped(script),
+            "dot_file": b64_wrapped(dot_file),
+            "option": {"user": "frank", "replica": replica, "name": name},
+        });
+        self.admin("POST", "/admin/python", Some(body)).await
+    }
+
+    /// An admin call answering JSON (status, body; `Value::Null` for an empty body).
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method.parse().unwrap(), self.url(path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("admin request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    /// GET through the gateway; (status, body text).
+    pub async fn call(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("gateway request");
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// The process id of `faas`.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns how long it took.
+    pub fn terminate(&mut self) -> Duration {
+        let Some(mut child) = self.child.take() else {
+            return Duration::ZERO;
+        };
+        let start = Instant::now();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = start + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return start.elapsed();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("faas did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops and starts `faas` again on the same port and state directory.
+    pub async fn restart(&mut self) {
+        self.terminate();
+        self.spawn().await;
+    }
+
+    /// Processes whose command line mentions this instance's state directory (the replicas).
+    pub fn replica_processes(&self) -> Vec<i32> {
+        processes_mentioning(&self.state.to_string_lossy())
+    }
+}
+
+impl Drop for Faas {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.terminate();
+        }
+    }
+}
+
+/// Live processes whose command line contains `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for ent in dir.flatten() {
+        let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'));
+        if cmd.contains(needle) && !zombie {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
