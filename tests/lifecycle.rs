@@ -41,7 +41,7 @@ async fn sigterm_finishes_inflight_requests_then_stops_every_replica() {
             .0,
         200
     );
-    assert_eq!(faas.replica_processes().is_empty(), false);
+    assert!(!faas.replica_processes().is_empty());
     let url = faas.url("/gateway/slow/slow?s=1.5");
     let http = faas.http.clone();
     let inflight = tokio::spawn(async move {
