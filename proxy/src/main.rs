@@ -64,6 +64,12 @@ fn run() -> anyhow::Result<()> {
         .format_timestamp_millis()
         .init();
 
+    // Pingora retries a taken port for 30 s without saying why; tell the user at once.
+    let addr = format!("{}:{}", cfg.listen, cfg.port);
+    if let Err(e) = std::net::TcpListener::bind(&addr) {
+        bail!("cannot listen on {addr} (PORT / FAAS_LISTEN): {e}");
+    }
+
     let mut server_conf = match &yaml {
         Some(text) => ServerConf::from_yaml(text).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => ServerConf::default(),
@@ -86,7 +92,6 @@ fn run() -> anyhow::Result<()> {
     let gateway = Gateway::new(cfg.clone(), registry.clone(), admin, metrics);
 
     let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, gateway);
-    let addr = format!("{}:{}", cfg.listen, cfg.port);
     proxy.add_tcp(&addr);
     server.add_service(proxy);
     server.add_service(background_service(
