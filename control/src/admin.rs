@@ -292,6 +292,7 @@ impl Admin {
             "min_replicas": spec.min_replicas,
             "max_replicas": spec.max_replicas,
             "target_concurrency": spec.target_concurrency,
+            "max_concurrency": spec.max_concurrency,
             "idle_timeout_seconds": spec.idle_timeout().unwrap_or(self.cfg.reaper_time_to_live).as_secs_f64(),
             "last_activity": rfc3339(last),
             "last_activity_ms": last,

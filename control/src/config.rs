@@ -57,6 +57,10 @@ pub struct Config {
     pub activation_max_pending: usize,
     /// `FAAS_UV`: the `uv` executable.
     pub uv: String,
+    /// `FAAS_AUTOSCALE_WINDOW`: the window in-flight requests are averaged over.
+    pub autoscale_window: Duration,
+    /// `FAAS_SCALE_DOWN_DELAY`: how long fewer replicas must suffice before scaling down.
+    pub scale_down_delay: Duration,
 }
 
 /// (environment name, default) of every setting.
@@ -79,6 +83,8 @@ const SETTINGS: &[(&str, &str)] = &[
     ("FAAS_ACTIVATION_TIMEOUT", "60s"),
     ("FAAS_ACTIVATION_MAX_PENDING", "1000"),
     ("FAAS_UV", "uv"),
+    ("FAAS_AUTOSCALE_WINDOW", "10s"),
+    ("FAAS_SCALE_DOWN_DELAY", "30s"),
 ];
 
 impl Config {
@@ -161,6 +167,8 @@ impl Config {
             activation_timeout: duration(&get, "FAAS_ACTIVATION_TIMEOUT")?,
             activation_max_pending: number(&get, "FAAS_ACTIVATION_MAX_PENDING")?,
             uv: get("FAAS_UV"),
+            autoscale_window: duration(&get, "FAAS_AUTOSCALE_WINDOW")?,
+            scale_down_delay: duration(&get, "FAAS_SCALE_DOWN_DELAY")?,
         })
     }
 }
@@ -172,13 +180,15 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 
 fn duration(get: &impl Fn(&str) -> String, name: &str) -> Result<Duration> {
     let v = get(name);
-    parse_duration(&v).map_err(|e| {
-        invalid(
+    match parse_duration(&v) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(invalid(name, &v, "must be longer than zero")),
+        Err(e) => Err(invalid(
             name,
             &v,
             &format!("expected a duration such as 10s, 2m or 1h30m ({e})"),
-        )
-    })
+        )),
+    }
 }
 
 fn number<T: FromStr>(get: &impl Fn(&str) -> String, name: &str) -> Result<T> {

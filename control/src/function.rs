@@ -50,6 +50,8 @@ pub struct Options {
     pub max_replicas: Option<u32>,
     /// In-flight requests per replica the autoscaler aims at.
     pub target_concurrency: Option<u32>,
+    /// Requests one replica serves at once; more wait in the gateway.
+    pub max_concurrency: Option<u32>,
     /// Idle time before scale to zero: a duration string (`10m`) or seconds.
     pub idle_timeout: Option<serde_json::Value>,
     /// A stable name instead of `service-<uuid>`.
@@ -71,6 +73,9 @@ pub struct FunctionSpec {
     pub max_replicas: u32,
     /// In-flight requests per replica the autoscaler aims at.
     pub target_concurrency: Option<u32>,
+    /// Requests one replica serves at once; more wait in the gateway.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
     /// Idle timeout in milliseconds, overriding `REAPER_TIME_TO_LIVE`.
     pub idle_timeout_ms: Option<u64>,
     /// The script's PEP 723 metadata.
@@ -183,6 +188,7 @@ impl DeployRequest {
             min_replicas: o.min_replicas.unwrap_or(0),
             max_replicas: o.max_replicas.unwrap_or(DEFAULT_MAX_REPLICAS),
             target_concurrency: o.target_concurrency,
+            max_concurrency: o.max_concurrency,
             idle_timeout_ms: idle_timeout(o.idle_timeout.as_ref())?,
             metadata,
             version: 1,
@@ -225,6 +231,7 @@ impl DeployRequest {
             min_replicas: o.min_replicas.unwrap_or(c.min_replicas),
             max_replicas: o.max_replicas.unwrap_or(c.max_replicas),
             target_concurrency: o.target_concurrency.or(c.target_concurrency),
+            max_concurrency: o.max_concurrency.or(c.max_concurrency),
             idle_timeout_ms: match o.idle_timeout.as_ref() {
                 Some(v) => idle_timeout(Some(v))?,
                 None => c.idle_timeout_ms,
@@ -266,6 +273,11 @@ fn idle_timeout(v: Option<&serde_json::Value>) -> Result<Option<u64>> {
 
 /// Checks that replicas fit `[min_replicas, max_replicas]`.
 pub fn check_bounds(spec: &FunctionSpec) -> Result<()> {
+    if spec.target_concurrency == Some(0) || spec.max_concurrency == Some(0) {
+        return Err(Error::BadRequest(
+            "option.target_concurrency and option.max_concurrency must be at least 1".into(),
+        ));
+    }
     if spec.max_replicas == 0 || spec.min_replicas > spec.max_replicas {
         return Err(Error::BadRequest(format!(
             "option.min_replicas ({}) must not exceed option.max_replicas ({}), which must be at least 1",

@@ -4,10 +4,13 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod autoscaler;
 pub mod config;
 pub mod function;
 pub mod logbuf;
+pub mod metrics;
 pub mod pep723;
+pub mod reaper;
 pub mod registry;
 pub mod runtime;
 pub mod scaler;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::function::FunctionSpec;
 
@@ -47,6 +47,10 @@ pub struct FnEntry {
     pub pending: AtomicUsize,
     last_activity_ms: AtomicU64,
     activating: AtomicBool,
+    /// Requests one replica may serve at once (0: no limit).
+    limit: AtomicUsize,
+    /// Signalled when a limited replica frees a slot.
+    slot_freed: Notify,
 }
 
 /// A request for a function's replica count, from the gateway to the control side.
@@ -151,12 +155,14 @@ impl FnEntry {
     fn new(spec: FunctionSpec) -> Self {
         FnEntry {
             name: spec.name.clone(),
-            spec: ArcSwap::from_pointee(spec),
             route: watch::Sender::new(RouteState::default()),
             inflight: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             last_activity_ms: AtomicU64::new(crate::now_ms()),
             activating: AtomicBool::new(false),
+            limit: AtomicUsize::new(spec.max_concurrency.unwrap_or(0) as usize),
+            slot_freed: Notify::new(),
+            spec: ArcSwap::from_pointee(spec),
         }
     }
 
@@ -167,7 +173,10 @@ impl FnEntry {
 
     /// Replaces the spec.
     pub fn set_spec(&self, spec: FunctionSpec) {
+        let limit = spec.max_concurrency.unwrap_or(0) as usize;
         self.spec.store(Arc::new(spec));
+        self.limit.store(limit, Ordering::Relaxed);
+        self.slot_freed.notify_waiters();
     }
 
     /// Watches the route state (endpoints and start failures).
@@ -175,14 +184,52 @@ impl FnEntry {
         self.route.subscribe()
     }
 
-    /// Picks the ready endpoint with the fewest requests in flight, if any.
-    pub fn pick(&self) -> Option<Arc<Endpoint>> {
+    /// Takes a slot on the ready endpoint with the fewest requests in flight: `None` when there
+    /// is no endpoint, or every endpoint is at the function's concurrency limit. The slot is
+    /// given back with [`FnEntry::release`].
+    pub fn acquire(&self) -> Option<Arc<Endpoint>> {
+        let limit = self.limit.load(Ordering::Relaxed);
         let route = self.route.borrow();
-        route
-            .endpoints
-            .iter()
-            .min_by_key(|e| e.inflight.load(Ordering::Relaxed))
-            .cloned()
+        let least = || {
+            route
+                .endpoints
+                .iter()
+                .min_by_key(|e| e.inflight.load(Ordering::Relaxed))
+        };
+        if limit == 0 {
+            let ep = least()?;
+            ep.inflight.fetch_add(1, Ordering::AcqRel);
+            return Some(ep.clone());
+        }
+        // Another request may take the last slot between the look and the take: look again.
+        for _ in 0..8 {
+            let ep = least()?;
+            let n = ep.inflight.load(Ordering::Acquire);
+            if n >= limit {
+                return None;
+            }
+            if ep
+                .inflight
+                .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Some(ep.clone());
+            }
+        }
+        None
+    }
+
+    /// Gives back a slot taken with [`FnEntry::acquire`].
+    pub fn release(&self, ep: &Endpoint) {
+        ep.inflight.fetch_sub(1, Ordering::AcqRel);
+        if self.limit.load(Ordering::Relaxed) > 0 {
+            self.slot_freed.notify_one();
+        }
+    }
+
+    /// Resolves when a limited replica frees a slot.
+    pub async fn slot_freed(&self) {
+        self.slot_freed.notified().await
     }
 
     /// Number of ready endpoints.
@@ -258,6 +305,7 @@ mod tests {
             min_replicas: 0,
             max_replicas: 3,
             target_concurrency: None,
+            max_concurrency: None,
             idle_timeout_ms: None,
             metadata: ScriptMetadata::default(),
             version: 1,
@@ -296,9 +344,26 @@ mod tests {
         let e = reg.insert(spec("f"));
         e.add_endpoint(ep(1, 5));
         e.add_endpoint(ep(2, 1));
-        assert_eq!(e.pick().unwrap().replica, 2);
+        let got = e.acquire().unwrap();
+        assert_eq!(got.replica, 2);
+        assert_eq!(got.inflight.load(Ordering::Relaxed), 2);
+        e.release(&got);
         e.remove_endpoint(2);
-        assert_eq!(e.pick().unwrap().replica, 1);
+        assert_eq!(e.acquire().unwrap().replica, 1);
+    }
+
+    #[test]
+    fn concurrency_limit_holds_back_requests() {
+        let (reg, _rx) = Registry::new();
+        let mut s = spec("f");
+        s.max_concurrency = Some(2);
+        let e = reg.insert(s);
+        e.add_endpoint(ep(1, 0));
+        let a = e.acquire().unwrap();
+        let _b = e.acquire().unwrap();
+        assert!(e.acquire().is_none(), "a third request waits");
+        e.release(&a);
+        assert!(e.acquire().is_some());
     }
 
     #[tokio::test]

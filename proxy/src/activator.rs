@@ -1,9 +1,12 @@
-//! Holding requests for a function that has no ready replica while it starts.
+//! Holding requests for a function that has no free replica while it starts or scales.
 //!
-//! The first held request asks the control side for exactly one scale-up; every held request
-//! then waits on the function's route watch, woken by the runtime when an endpoint is ready or
-//! a start fails. The wait is bounded in time and in the number of held requests.
+//! The first held request of a function at zero asks the control side for exactly one
+//! scale-up; every held request then waits on the function's route watch, woken by the runtime
+//! when an endpoint is ready or a start fails, or by a freed slot when the function limits its
+//! concurrency. The wait is bounded in time and in the number of held requests, and a client
+//! that goes away leaves at once.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +16,8 @@ use control::registry::{Endpoint, FnEntry, Registry};
 /// Why a held request is answered with an error instead of being forwarded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// HTTP status: 502 (start failed), 503 (queue full), 504 (timeout), 404 (deleted).
+    /// HTTP status: 502 (start failed), 503 (queue full), 504 (timeout), 404 (deleted),
+    /// 499 (the client went away; nothing is sent).
     pub status: u16,
     /// What happened, for the JSON error.
     pub message: String,
@@ -39,65 +43,79 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-/// A ready endpoint of `entry`, waiting for one (and triggering the start) when there is none.
+/// A slot on a ready endpoint of `entry` (give it back with [`FnEntry::release`]), waiting for
+/// one — and triggering the start when the function has no replica — when none is free.
+/// `client_gone` resolves when the client disconnects.
 pub async fn acquire(
     registry: &Registry,
     entry: &FnEntry,
     bounds: Bounds,
+    client_gone: impl Future<Output = ()>,
 ) -> Result<Arc<Endpoint>, Refusal> {
-    if let Some(ep) = entry.pick() {
+    if let Some(ep) = entry.acquire() {
         return Ok(ep);
     }
     let held = entry.pending.fetch_add(1, Ordering::AcqRel) + 1;
     let _guard = PendingGuard(entry);
     if held > bounds.max_pending {
-        return Err(Refusal {
-            status: 503,
-            message: format!(
+        return Err(refusal(
+            503,
+            format!(
                 "function {:?} is starting and already holds {} requests (FAAS_ACTIVATION_MAX_PENDING); retry shortly",
                 entry.name, bounds.max_pending
             ),
-            retry_after: Some(1),
-        });
+            Some(1),
+        ));
     }
     let mut rx = entry.subscribe();
-    registry.request_activation(entry);
+    if entry.ready() == 0 {
+        registry.request_activation(entry);
+    }
     let wait = async {
         loop {
-            let failure = rx
-                .wait_for(|r| !r.endpoints.is_empty() || r.failure.is_some())
-                .await
-                .map(|r| r.failure.clone());
-            match failure {
-                Err(_) => return Err(None),
-                Ok(Some(why)) => return Err(Some(why)),
-                Ok(None) => {
-                    if let Some(ep) = entry.pick() {
-                        return Ok(ep);
+            if let Some(ep) = entry.acquire() {
+                return Ok(ep);
+            }
+            {
+                let state = rx.borrow_and_update();
+                if state.endpoints.is_empty() {
+                    if let Some(why) = &state.failure {
+                        return Err(Some(why.clone()));
                     }
                 }
             }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return Err(None) },
+                _ = entry.slot_freed() => {}
+            }
         }
     };
-    match tokio::time::timeout(bounds.timeout, wait).await {
-        Ok(Ok(ep)) => Ok(ep),
-        Ok(Err(Some(why))) => Err(Refusal {
-            status: 502,
-            message: format!("function {:?} could not start: {why}", entry.name),
-            retry_after: None,
-        }),
-        Ok(Err(None)) => Err(Refusal {
-            status: 404,
-            message: format!("function {:?} was deleted", entry.name),
-            retry_after: None,
-        }),
-        Err(_) => Err(Refusal {
-            status: 504,
-            message: format!(
-                "function {:?} did not become ready within {:?} (FAAS_ACTIVATION_TIMEOUT)",
-                entry.name, bounds.timeout
-            ),
-            retry_after: None,
-        }),
+    tokio::select! {
+        waited = tokio::time::timeout(bounds.timeout, wait) => match waited {
+            Ok(Ok(ep)) => Ok(ep),
+            Ok(Err(Some(why))) => Err(refusal(
+                502,
+                format!("function {:?} could not start: {why}", entry.name),
+                None,
+            )),
+            Ok(Err(None)) => Err(refusal(404, format!("function {:?} was deleted", entry.name), None)),
+            Err(_) => Err(refusal(
+                504,
+                format!(
+                    "function {:?} did not become ready within {:?} (FAAS_ACTIVATION_TIMEOUT)",
+                    entry.name, bounds.timeout
+                ),
+                None,
+            )),
+        },
+        _ = client_gone => Err(refusal(499, "the client went away while held".into(), None)),
+    }
+}
+
+fn refusal(status: u16, message: String, retry_after: Option<u64>) -> Refusal {
+    Refusal {
+        status,
+        message,
+        retry_after,
     }
 }

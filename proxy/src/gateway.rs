@@ -159,17 +159,13 @@ impl ProxyHttp for Gateway {
             ctx.rest_at = path.len() - route.rest.len();
             ctx.started = Some(Instant::now());
             entry.inflight.fetch_add(1, Ordering::AcqRel);
-            self.metrics
-                .inflight
-                .with_label_values(&[&entry.name])
-                .inc();
             ctx.entry = Some(entry);
             return Ok(false);
         }
         match path {
             "/health" => respond::send(session, 200, "text/plain", &[], b"ok".to_vec()).await?,
             "/metrics" => {
-                let body = self.metrics.render();
+                let body = self.metrics.render(&self.registry);
                 respond::send(session, 200, "text/plain; version=0.0.4", &[], body).await?
             }
             p if p == "/admin" || p.starts_with("/admin/") => self.serve_admin(session).await?,
@@ -184,24 +180,41 @@ impl ProxyHttp for Gateway {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(entry) = ctx.entry.clone() else {
             return Error::e_explain(ErrorType::InternalError, "no function chosen");
         };
-        // A retry: release the replica of the failed attempt.
+        // A retry: give back the replica of the failed attempt.
         if let Some(old) = ctx.endpoint.take() {
-            old.inflight.fetch_sub(1, Ordering::AcqRel);
+            entry.release(&old);
         }
         ctx.attempts += 1;
-        let ep = match activator::acquire(&self.registry, &entry, self.bounds).await {
-            Ok(ep) => ep,
-            Err(refusal) => {
-                let status = refusal.status;
-                ctx.refusal = Some(refusal);
-                return Error::e_explain(ErrorType::HTTPStatus(status), "activation refused");
+        let ep = match entry.acquire() {
+            Some(ep) => ep,
+            None => {
+                // Slow path: hold the request. A body-less request notices its client leaving.
+                let watch_client = !has_body(session.req_header());
+                let downstream = session.as_downstream_mut();
+                let client_gone = async move {
+                    if watch_client {
+                        let _ = downstream.read_body_or_idle(true).await;
+                    } else {
+                        std::future::pending::<()>().await
+                    }
+                };
+                match activator::acquire(&self.registry, &entry, self.bounds, client_gone).await {
+                    Ok(ep) => ep,
+                    Err(refusal) => {
+                        let status = refusal.status;
+                        ctx.refusal = Some(refusal);
+                        return Error::e_explain(
+                            ErrorType::HTTPStatus(status),
+                            "request not forwarded",
+                        );
+                    }
+                }
             }
         };
-        ep.inflight.fetch_add(1, Ordering::AcqRel);
         let peer = HttpPeer::new(ep.addr, false, String::new());
         ctx.endpoint = Some(ep);
         Ok(Box::new(peer))
@@ -263,7 +276,7 @@ impl ProxyHttp for Gateway {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let name = ctx.entry.as_ref().map(|e| e.name.as_str()).unwrap_or("");
-        let (code, message, extra) = match ctx.refusal.take() {
+        let (code, message, extra) = match ctx.refusal.clone() {
             Some(r) => {
                 let extra: Vec<(&'static str, String)> = r
                     .retry_after
@@ -289,10 +302,16 @@ impl ProxyHttp for Gateway {
                 },
             },
         };
+        if code == 499 {
+            // The client is gone: nothing to write.
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
         if code > 0 {
-            // The connection is not reused after a failed proxy: say so to the client.
-            let mut extra = extra;
-            extra.push(("Connection", "close".to_string()));
+            // The connection is not reused after a failed proxy: say so (`Connection: close`).
+            session.set_keepalive(None);
             if let Err(we) = respond::error(session, code, &message, &extra).await {
                 log::debug!("could not send the error response: {we}");
             }
@@ -304,20 +323,19 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        if let Some(ep) = ctx.endpoint.take() {
-            ep.inflight.fetch_sub(1, Ordering::AcqRel);
-        }
         let Some(entry) = ctx.entry.take() else {
             return;
         };
+        if let Some(ep) = ctx.endpoint.take() {
+            entry.release(&ep);
+        }
         entry.inflight.fetch_sub(1, Ordering::AcqRel);
         entry.touch();
-        let code = session.response_written().map_or(0, |r| r.status.as_u16());
+        let code = match session.response_written() {
+            Some(r) => r.status.as_u16(),
+            None => ctx.refusal.as_ref().map_or(0, |r| r.status),
+        };
         let code = code.to_string();
-        self.metrics
-            .inflight
-            .with_label_values(&[&entry.name])
-            .dec();
         self.metrics
             .requests
             .with_label_values(&[entry.name.as_str(), code.as_str()])
@@ -329,4 +347,13 @@ impl ProxyHttp for Gateway {
                 .observe(t.elapsed().as_secs_f64());
         }
     }
+}
+
+/// Whether a request carries a body (`Content-Length` above zero, or chunked).
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key("transfer-encoding")
+        || req
+            .headers
+            .get("content-length")
+            .is_some_and(|v| v.as_bytes() != b"0")
 }

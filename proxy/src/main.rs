@@ -88,6 +88,7 @@ fn run() -> anyhow::Result<()> {
         }
     };
     let metrics = Arc::new(Metrics::new()?);
+    let control_metrics = metrics.control();
     let admin = Admin::new(cfg.clone(), registry.clone(), runtime.clone());
     let gateway = Gateway::new(cfg.clone(), registry.clone(), admin, metrics);
 
@@ -96,7 +97,7 @@ fn run() -> anyhow::Result<()> {
     server.add_service(proxy);
     server.add_service(background_service(
         "lifecycle",
-        Lifecycle::new(registry, scale_rx, runtime, cfg.shutdown_grace),
+        Lifecycle::new(cfg.clone(), registry, scale_rx, runtime, control_metrics),
     ));
     log::info!(
         "faas listening on http://{addr} (runtime {:?}, state {})",

@@ -1,5 +1,12 @@
-//! The gateway's Prometheus metrics, in a registry of their own.
+//! The gateway's Prometheus metrics. Counters and histograms are recorded per request; gauges
+//! (in flight, held, replicas) are read from the registry at scrape time, so the hot path does
+//! not touch them. Series of deleted functions are dropped at the next scrape.
 
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use control::metrics::ControlMetrics;
+use control::registry::Registry as Functions;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -11,10 +18,12 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// `faas_gateway_request_duration_seconds{function}`.
     pub duration: HistogramVec,
-    /// `faas_gateway_inflight_requests{function}`.
-    pub inflight: IntGaugeVec,
     /// `faas_admin_requests_total{operation,code}`.
     pub admin: IntCounterVec,
+    inflight: IntGaugeVec,
+    queue_depth: IntGaugeVec,
+    replicas: IntGaugeVec,
+    control: ControlMetrics,
 }
 
 /// Buckets from 0.5 ms (proxying) to 60 s (cold starts held in the activator).
@@ -24,29 +33,22 @@ const BUCKETS: &[f64] = &[
 ];
 
 impl Metrics {
-    /// Creates and registers the metrics.
+    /// Creates the gateway's metrics and the control side's, in one registry.
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
                 "faas_gateway_requests_total",
-                "Requests proxied to functions, by status code",
+                "Requests to functions through the gateway, by status code",
             ),
             &["function", "code"],
         )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "faas_gateway_request_duration_seconds",
-                "Time from request to response end",
+                "Time from a request's arrival to the end of its response, holding included",
             )
             .buckets(BUCKETS.to_vec()),
-            &["function"],
-        )?;
-        let inflight = IntGaugeVec::new(
-            Opts::new(
-                "faas_gateway_inflight_requests",
-                "Requests in flight to each function",
-            ),
             &["function"],
         )?;
         let admin = IntCounterVec::new(
@@ -56,23 +58,107 @@ impl Metrics {
             ),
             &["operation", "code"],
         )?;
-        registry.register(Box::new(requests.clone()))?;
+        let inflight = IntGaugeVec::new(
+            Opts::new(
+                "faas_gateway_inflight_requests",
+                "Requests in flight to each function, held ones included",
+            ),
+            &["function"],
+        )?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "faas_activation_queue_depth",
+                "Requests held waiting for a replica of each function",
+            ),
+            &["function"],
+        )?;
+        let replicas = IntGaugeVec::new(
+            Opts::new(
+                "faas_function_replicas",
+                "Replicas of each function: desired and ready",
+            ),
+            &["function", "state"],
+        )?;
+        for c in [&requests, &admin] {
+            registry.register(Box::new(c.clone()))?;
+        }
         registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(inflight.clone()))?;
-        registry.register(Box::new(admin.clone()))?;
+        for g in [&inflight, &queue_depth, &replicas] {
+            registry.register(Box::new(g.clone()))?;
+        }
+        let control = ControlMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
             requests,
             duration,
-            inflight,
             admin,
+            inflight,
+            queue_depth,
+            replicas,
+            control,
         })
     }
 
-    /// The text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4096);
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+    /// The control side's metrics (cold starts, reaper), registered with these.
+    pub fn control(&self) -> ControlMetrics {
+        self.control.clone()
+    }
+
+    /// The text exposition of every metric, gauges read from `functions` now.
+    pub fn render(&self, functions: &Functions) -> Vec<u8> {
+        let table = functions.snapshot();
+        for g in [&self.inflight, &self.queue_depth, &self.replicas] {
+            g.reset();
+        }
+        for e in table.values() {
+            let name = e.name.as_str();
+            let inflight = e.inflight.load(Ordering::Relaxed) as i64;
+            let pending = e.pending.load(Ordering::Relaxed) as i64;
+            self.inflight.with_label_values(&[name]).set(inflight);
+            self.queue_depth.with_label_values(&[name]).set(pending);
+            let desired = e.spec().replicas as i64;
+            self.replicas
+                .with_label_values(&[name, "desired"])
+                .set(desired);
+            self.replicas
+                .with_label_values(&[name, "ready"])
+                .set(e.ready() as i64);
+        }
+        let mut families = self.registry.gather();
+        // Drop the series of functions that no longer exist.
+        let mut stale: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+        for f in families
+            .iter()
+            .filter(|f| f.name() == "faas_gateway_requests_total")
+        {
+            for m in f.get_metric() {
+                let label = |n: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == n)
+                        .map(|l| l.value().to_string())
+                };
+                if let (Some(func), Some(code)) = (label("function"), label("code")) {
+                    if !table.contains_key(&func) {
+                        stale.entry(func).or_default().insert(code);
+                    }
+                }
+            }
+        }
+        if !stale.is_empty() {
+            for (func, codes) in &stale {
+                for code in codes {
+                    let _ = self.requests.remove_label_values(&[func, code]);
+                }
+                let _ = self.duration.remove_label_values(&[func]);
+                self.control.forget(func);
+            }
+            families = self.registry.gather();
+        }
+        let mut out = Vec::with_capacity(8192);
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            log::warn!("could not encode metrics: {e}");
+        }
         out
     }
 }

@@ -274,3 +274,54 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
     }
     f()
 }
+
+impl Faas {
+    /// The value of one series from `/metrics` (`name{labels}` exactly as exposed), 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    /// One field of `GET /admin/functions/{name}`.
+    pub async fn status(&self, name: &str, field: &str) -> serde_json::Value {
+        let (s, v) = self
+            .admin("GET", &format!("/admin/functions/{name}"), None)
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v[field].clone()
+    }
+
+    /// Polls a field of the function's status until `pred` holds or `timeout` passes.
+    pub async fn wait_status(
+        &self,
+        name: &str,
+        field: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.status(name, field).await) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

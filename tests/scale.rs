@@ -1,0 +1,316 @@
+//! Scale to zero, activation that loses nothing, bounded holding, autoscaling.
+
+mod harness;
+
+use std::io::Write;
+use std::time::Duration;
+
+use harness::{script, Faas};
+use serde_json::{json, Value};
+
+const FAST_REAPER: &[(&str, &str)] = &[
+    ("REAPER_POLL_EVERY", "200ms"),
+    ("REAPER_TIME_TO_LIVE", "1s"),
+];
+
+#[tokio::test]
+async fn an_idle_function_goes_to_zero_and_the_next_request_brings_it_back() {
+    let faas = Faas::start_with(FAST_REAPER).await;
+    assert_eq!(
+        faas.deploy("idle", &script("tests/functions/tool.py"), "", 1)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(faas.call("/gateway/idle/version").await, (200, "v1".into()));
+    assert!(
+        faas.wait_status("idle", "replicas", Duration::from_secs(10), |v| v == 0)
+            .await
+    );
+    assert!(
+        faas.wait_status("idle", "ready_replicas", Duration::from_secs(10), |v| v
+            == 0)
+            .await
+    );
+    assert!(
+        harness::eventually(Duration::from_secs(5), || faas
+            .replica_processes()
+            .is_empty())
+        .await,
+        "the replica process is gone"
+    );
+    assert!(faas.metric("faas_reaper_scale_downs_total").await >= 1.0);
+    // The function was scaled, not deleted: the next request activates it.
+    assert_eq!(faas.call("/gateway/idle/version").await, (200, "v1".into()));
+    assert_eq!(
+        faas.metric("faas_cold_starts_total{function=\"idle\",outcome=\"ready\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(faas.status("idle", "replicas").await, 1);
+}
+
+#[tokio::test]
+async fn three_hundred_concurrent_requests_at_zero_all_succeed_with_one_activation() {
+    let faas = Faas::start().await;
+    assert_eq!(
+        faas.deploy("burst", &script("tests/functions/tool.py"), "", 0)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(faas.status("burst", "ready_replicas").await, 0);
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let (http, url) = (faas.http.clone(), faas.url(&format!("/gateway/burst/r{i}")));
+        tasks.push(tokio::spawn(async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }));
+    }
+    let mut ok = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "request {i}: {body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["path"],
+            format!("/r{i}")
+        );
+        ok += 1;
+    }
+    assert_eq!(ok, 300);
+    assert_eq!(
+        faas.metric("faas_cold_starts_total{function=\"burst\",outcome=\"ready\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(faas.status("burst", "replicas").await, 1);
+    assert_eq!(
+        faas.metric("faas_activation_queue_depth{function=\"burst\"}")
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_never_ready_function_answers_504_after_the_activation_timeout() {
+    let faas = Faas::start_with(&[("FAAS_ACTIVATION_TIMEOUT", "1s")]).await;
+    assert_eq!(
+        faas.deploy("never", &script("tests/functions/never_ready.py"), "", 0)
+            .await
+            .0,
+        200
+    );
+    let started = std::time::Instant::now();
+    let resp = faas
+        .http
+        .get(faas.url("/gateway/never/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], 504);
+    assert!(v["message"].as_str().unwrap().contains("\"never\""), "{v}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1) && started.elapsed() < Duration::from_secs(5)
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let faas = Faas::start_with(&[
+        ("FAAS_ACTIVATION_TIMEOUT", "30s"),
+        ("FAAS_ACTIVATION_MAX_PENDING", "2"),
+    ])
+    .await;
+    assert_eq!(
+        faas.deploy("full", &script("tests/functions/never_ready.py"), "", 0)
+            .await
+            .0,
+        200
+    );
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url) = (faas.http.clone(), faas.url("/gateway/full/"));
+            tokio::spawn(async move { http.get(url).send().await })
+        })
+        .collect();
+    assert!(
+        faas.wait_status("full", "pending", Duration::from_secs(10), |v| v == 2)
+            .await
+    );
+    let resp = faas
+        .http
+        .get(faas.url("/gateway/full/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["message"].as_str().unwrap().contains("\"full\""), "{v}");
+    for h in held {
+        h.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_while_held_leaves_the_queue() {
+    let faas = Faas::start_with(&[("FAAS_ACTIVATION_TIMEOUT", "60s")]).await;
+    assert_eq!(
+        faas.deploy("gone", &script("tests/functions/never_ready.py"), "", 0)
+            .await
+            .0,
+        200
+    );
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", faas.port)).unwrap();
+    write!(sock, "GET /gateway/gone/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(
+        faas.wait_status("gone", "pending", Duration::from_secs(10), |v| v == 1)
+            .await
+    );
+    assert_eq!(
+        faas.metric("faas_activation_queue_depth{function=\"gone\"}")
+            .await,
+        1.0
+    );
+    drop(sock);
+    assert!(
+        faas.wait_status("gone", "pending", Duration::from_secs(2), |v| v == 0)
+            .await
+    );
+    assert_eq!(
+        faas.metric("faas_activation_queue_depth{function=\"gone\"}")
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_replica_crashing_on_start_fails_held_requests_with_its_output() {
+    let faas = Faas::start().await;
+    assert_eq!(
+        faas.deploy("crash", &script("tests/functions/crash_on_start.py"), "", 0)
+            .await
+            .0,
+        200
+    );
+    let resp = faas
+        .http
+        .get(faas.url("/gateway/crash/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let v: Value = resp.json().await.unwrap();
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.contains("boom: DATABASE_URL is not set"), "{msg}");
+    assert_eq!(
+        faas.metric("faas_cold_starts_total{function=\"crash\",outcome=\"failed\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn min_replicas_keeps_a_function_warm() {
+    let faas = Faas::start_with(FAST_REAPER).await;
+    let body = json!({
+        "script": harness::b64_wrapped(&script("tests/functions/tool.py")),
+        "option": {"name": "warm", "replica": 1, "min_replicas": 1},
+    });
+    assert_eq!(faas.admin("POST", "/admin/python", Some(body)).await.0, 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(faas.status("warm", "replicas").await, 1);
+    assert_eq!(faas.status("warm", "ready_replicas").await, 1);
+    assert_eq!(faas.metric("faas_reaper_scale_downs_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn sustained_load_scales_out_and_back_in() {
+    let faas = Faas::start_with(&[
+        ("FAAS_AUTOSCALE_WINDOW", "1s"),
+        ("FAAS_SCALE_DOWN_DELAY", "2s"),
+        ("REAPER_TIME_TO_LIVE", "1h"),
+    ])
+    .await;
+    let body = json!({
+        "script": harness::b64_wrapped(&script("tests/functions/tool.py")),
+        "option": {"name": "busy", "replica": 1, "target_concurrency": 2, "max_replicas": 3},
+    });
+    assert_eq!(faas.admin("POST", "/admin/python", Some(body)).await.0, 200);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (http, url, stop) = (
+            faas.http.clone(),
+            faas.url("/gateway/busy/slow?s=0.2"),
+            stop.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut codes = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                codes.push(http.get(&url).send().await.unwrap().status().as_u16());
+            }
+            codes
+        }));
+    }
+    let scaled_out = faas
+        .wait_status("busy", "ready_replicas", Duration::from_secs(15), |v| {
+            v.as_u64().unwrap_or(0) > 1
+        })
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        assert!(
+            c.await.unwrap().iter().all(|c| *c == 200),
+            "every request under load succeeded"
+        );
+    }
+    assert!(
+        scaled_out,
+        "never scaled above one replica:\n{}",
+        faas.log_text()
+    );
+    assert!(
+        faas.wait_status("busy", "replicas", Duration::from_secs(15), |v| v == 1)
+            .await,
+        "did not scale back in"
+    );
+    assert_eq!(faas.status("busy", "ready_replicas").await, 1);
+}
+
+#[tokio::test]
+async fn scaling_down_lets_inflight_requests_finish() {
+    let faas = Faas::start().await;
+    assert_eq!(
+        faas.deploy("drain", &script("tests/functions/tool.py"), "", 1)
+            .await
+            .0,
+        200
+    );
+    let (http, url) = (faas.http.clone(), faas.url("/gateway/drain/slow?s=1.5"));
+    let slow = tokio::spawn(async move {
+        let r = http.get(url).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert!(
+        faas.wait_status("drain", "inflight", Duration::from_secs(5), |v| v == 1)
+            .await
+    );
+    let (s, _) = faas
+        .admin(
+            "POST",
+            "/admin/functions/drain/scale",
+            Some(json!({"replicas": 0})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(slow.await.unwrap(), (200, "slow done".to_string()));
+    // A request after the scale-down waits for the next activation instead of failing.
+    assert_eq!(
+        faas.call("/gateway/drain/version").await,
+        (200, "v1".into())
+    );
+}
