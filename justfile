@@ -21,3 +21,8 @@ lint:
 # what CI runs
 ci:
     .ci/run
+
+# cold start from zero vs `uv run`, and a 1000-request burst at zero (release build)
+bench-coldstart:
+    ./dev setup
+    cargo bench -p poorman-proxy --bench coldstart

@@ -56,6 +56,7 @@ fn run() -> anyhow::Result<()> {
         None => None,
     };
     let cfg = Arc::new(Config::load(yaml.as_deref())?);
+    raise_fd_limit();
     env_logger::Builder::new()
         .parse_filters(&format!(
             "warn,faas={0},proxy={0},control={0}",
@@ -108,4 +109,14 @@ fn run() -> anyhow::Result<()> {
         shutdown_signal: Box::new(Signals),
     });
     Ok(())
+}
+
+/// Every held or proxied request holds two sockets: allow as many as the hard limit permits.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }

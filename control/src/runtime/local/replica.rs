@@ -219,7 +219,8 @@ async fn wait_ready(pgid: i32, port: u16) -> SocketAddr {
             }
         }
         round += 1;
-        tokio::time::sleep(Duration::from_millis(if round < 100 { 10 } else { 50 })).await;
+        // Fast while a cold start is likely to finish (the first second), then gently.
+        tokio::time::sleep(Duration::from_millis(if round < 200 { 5 } else { 50 })).await;
     }
 }
 
