@@ -61,6 +61,28 @@ pub struct Config {
     pub autoscale_window: Duration,
     /// `FAAS_SCALE_DOWN_DELAY`: how long fewer replicas must suffice before scaling down.
     pub scale_down_delay: Duration,
+    /// How functions run on Kubernetes.
+    pub kube: KubeSettings,
+}
+
+/// The shape of function pods on Kubernetes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeSettings {
+    /// `FAAS_FUNCTION_IMAGE`: an image with `uv` and Python.
+    pub image: String,
+    /// `FAAS_FUNCTION_HEALTH_PATH`: readiness path; empty means a TCP check of the port.
+    pub health_path: String,
+    /// `FAAS_FUNCTION_CPU_REQUEST`, empty for none.
+    pub cpu_request: String,
+    /// `FAAS_FUNCTION_MEMORY_REQUEST`, empty for none.
+    pub memory_request: String,
+    /// `FAAS_FUNCTION_CPU_LIMIT`, empty for none.
+    pub cpu_limit: String,
+    /// `FAAS_FUNCTION_MEMORY_LIMIT`, empty for none.
+    pub memory_limit: String,
+    /// `FAAS_UV_CACHE_PVC`: a PersistentVolumeClaim shared as uv's cache; empty for a
+    /// per-pod `emptyDir`.
+    pub uv_cache_pvc: String,
 }
 
 /// (environment name, default) of every setting.
@@ -85,6 +107,13 @@ const SETTINGS: &[(&str, &str)] = &[
     ("FAAS_UV", "uv"),
     ("FAAS_AUTOSCALE_WINDOW", "10s"),
     ("FAAS_SCALE_DOWN_DELAY", "30s"),
+    ("FAAS_FUNCTION_IMAGE", "ghcr.io/astral-sh/uv:python3.12-alpine"),
+    ("FAAS_FUNCTION_HEALTH_PATH", "/health"),
+    ("FAAS_FUNCTION_CPU_REQUEST", "50m"),
+    ("FAAS_FUNCTION_MEMORY_REQUEST", "64Mi"),
+    ("FAAS_FUNCTION_CPU_LIMIT", ""),
+    ("FAAS_FUNCTION_MEMORY_LIMIT", "512Mi"),
+    ("FAAS_UV_CACHE_PVC", ""),
 ];
 
 impl Config {
@@ -169,6 +198,15 @@ impl Config {
             uv: get("FAAS_UV"),
             autoscale_window: duration(&get, "FAAS_AUTOSCALE_WINDOW")?,
             scale_down_delay: duration(&get, "FAAS_SCALE_DOWN_DELAY")?,
+            kube: KubeSettings {
+                image: get("FAAS_FUNCTION_IMAGE"),
+                health_path: get("FAAS_FUNCTION_HEALTH_PATH"),
+                cpu_request: get("FAAS_FUNCTION_CPU_REQUEST"),
+                memory_request: get("FAAS_FUNCTION_MEMORY_REQUEST"),
+                cpu_limit: get("FAAS_FUNCTION_CPU_LIMIT"),
+                memory_limit: get("FAAS_FUNCTION_MEMORY_LIMIT"),
+                uv_cache_pvc: get("FAAS_UV_CACHE_PVC"),
+            },
         })
     }
 }

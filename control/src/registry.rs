@@ -253,6 +253,38 @@ impl FnEntry {
         });
     }
 
+    /// Replaces the whole set of ready endpoints (a runtime that watches them, e.g. EndpointSlices).
+    /// Endpoints that stay keep their identity and in-flight counts; new ones get fresh ids.
+    pub fn set_endpoints(&self, addrs: &[SocketAddr]) {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1 << 32);
+        self.route.send_if_modified(|r| {
+            let same = r.endpoints.len() == addrs.len()
+                && addrs.iter().all(|a| r.endpoints.iter().any(|e| e.addr == *a));
+            if same {
+                return false;
+            }
+            let next: Vec<Arc<Endpoint>> = addrs
+                .iter()
+                .map(|a| match r.endpoints.iter().find(|e| e.addr == *a) {
+                    Some(e) => e.clone(),
+                    None => Arc::new(Endpoint {
+                        addr: *a,
+                        replica: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                        inflight: AtomicUsize::new(0),
+                    }),
+                })
+                .collect();
+            if !next.is_empty() {
+                r.failure = None;
+            }
+            r.endpoints = next.into();
+            true
+        });
+        if !addrs.is_empty() {
+            self.activating.store(false, Ordering::Release);
+        }
+    }
+
     /// Withdraws an endpoint so that no new request goes to it.
     pub fn remove_endpoint(&self, replica: u64) {
         self.route.send_if_modified(|r| {
@@ -350,6 +382,23 @@ mod tests {
         e.release(&got);
         e.remove_endpoint(2);
         assert_eq!(e.acquire().unwrap().replica, 1);
+    }
+
+    #[test]
+    fn set_endpoints_keeps_the_identity_of_those_that_stay() {
+        let (reg, _rx) = Registry::new();
+        let e = reg.insert(spec("f"));
+        let a: SocketAddr = ([10, 0, 0, 1], 8000).into();
+        let b: SocketAddr = ([10, 0, 0, 2], 8000).into();
+        e.set_endpoints(&[a]);
+        let first = e.acquire().unwrap();
+        e.set_endpoints(&[a, b]);
+        assert_eq!(e.ready(), 2);
+        let again = e.subscribe().borrow().endpoints.iter().find(|x| x.addr == a).cloned().unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(again.inflight.load(Ordering::Relaxed), 1);
+        e.set_endpoints(&[]);
+        assert_eq!(e.ready(), 0);
     }
 
     #[test]

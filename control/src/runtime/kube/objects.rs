@@ -1,0 +1,312 @@
+//! The Kubernetes objects of a function: names, labels, and the ConfigMap, Secret, Deployment and
+//! Service the runtime applies. Pure functions, tested without a server.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::ByteString;
+use serde_json::json;
+
+use crate::config::KubeSettings;
+use crate::function::{FunctionDef, FunctionSpec};
+use crate::{Error, Result};
+
+/// Label on every object the gateway manages.
+pub const MANAGED: &str = "poorman-faas.io/managed";
+/// Label naming the function an object belongs to.
+pub const SERVICE_ID: &str = "poorman-faas.io/service-id";
+/// Deployment annotation holding the function's spec as JSON.
+pub const SPEC: &str = "poorman-faas.io/spec";
+/// Pod template annotation that rolls the pods when a function is updated.
+pub const VERSION: &str = "poorman-faas.io/version";
+/// The port functions listen on in a pod.
+pub const PORT: i32 = 8000;
+/// The label EndpointSlices carry naming their Service.
+pub const SLICE_SERVICE: &str = "kubernetes.io/service-name";
+
+/// The names of a function's objects, as the original named them: `service-<uuid>` has
+/// `configmap-<uuid>`, `deployment-<uuid>`, the Service `service-<uuid>` and pods `app: app-<uuid>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// The ConfigMap holding `main.py`.
+    pub configmap: String,
+    /// The Secret holding the dot file's entries.
+    pub secret: String,
+    /// The Deployment.
+    pub deployment: String,
+    /// The Service (the function's name).
+    pub service: String,
+    /// The `app` label of its pods.
+    pub app: String,
+}
+
+/// Names of the objects of function `name`.
+pub fn names(name: &str) -> Names {
+    let id = name.strip_prefix("service-").unwrap_or(name);
+    let mut app = format!("app-{id}");
+    app.truncate(63);
+    Names {
+        configmap: format!("configmap-{id}"),
+        secret: format!("secret-{id}"),
+        deployment: format!("deployment-{id}"),
+        service: name.to_string(),
+        app,
+    }
+}
+
+fn labels(name: &str) -> serde_json::Value {
+    json!({ MANAGED: "true", SERVICE_ID: name })
+}
+
+fn typed<T: serde::de::DeserializeOwned>(what: &str, v: serde_json::Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| Error::internal(format!("building the {what}"), e))
+}
+
+/// The ConfigMap with the script as `main.py`.
+pub fn configmap(def: &FunctionDef, ns: &str) -> Result<ConfigMap> {
+    let n = names(&def.spec.name);
+    typed(
+        "ConfigMap",
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": n.configmap, "namespace": ns, "labels": labels(&def.spec.name)},
+            "data": {"main.py": def.script},
+        }),
+    )
+}
+
+/// The Secret with the dot file's entries, which become the function's environment.
+pub fn secret(def: &FunctionDef, ns: &str) -> Result<Secret> {
+    let n = names(&def.spec.name);
+    let mut s: Secret = typed(
+        "Secret",
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": n.secret, "namespace": ns, "labels": labels(&def.spec.name)},
+            "type": "Opaque",
+        }),
+    )?;
+    let data: BTreeMap<String, ByteString> = def
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+        .collect();
+    s.data = Some(data);
+    Ok(s)
+}
+
+/// The Deployment running `uv run --script /scripts/main.py` with `PORT=8000`.
+pub fn deployment(def: &FunctionDef, ns: &str, k: &KubeSettings) -> Result<Deployment> {
+    let spec = &def.spec;
+    let n = names(&spec.name);
+    let spec_json =
+        serde_json::to_string(spec).map_err(|e| Error::internal("encoding the spec", e))?;
+    let probe = if k.health_path.is_empty() {
+        json!({"tcpSocket": {"port": PORT}})
+    } else {
+        json!({"httpGet": {"path": k.health_path, "port": PORT}})
+    };
+    let mut requests = serde_json::Map::new();
+    let mut limits = serde_json::Map::new();
+    for (map, key, value) in [
+        (&mut requests, "cpu", &k.cpu_request),
+        (&mut requests, "memory", &k.memory_request),
+        (&mut limits, "cpu", &k.cpu_limit),
+        (&mut limits, "memory", &k.memory_limit),
+    ] {
+        if !value.is_empty() {
+            map.insert(key.into(), json!(value));
+        }
+    }
+    let uv_cache = if k.uv_cache_pvc.is_empty() {
+        json!({"name": "uv-cache", "emptyDir": {}})
+    } else {
+        json!({"name": "uv-cache", "persistentVolumeClaim": {"claimName": k.uv_cache_pvc}})
+    };
+    let mut pod_labels = labels(&spec.name);
+    pod_labels["app"] = json!(n.app);
+    typed(
+        "Deployment",
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": n.deployment,
+                "namespace": ns,
+                "labels": labels(&spec.name),
+                "annotations": {SPEC: spec_json},
+            },
+            "spec": {
+                "replicas": spec.replicas,
+                "selector": {"matchLabels": {"app": n.app, SERVICE_ID: spec.name}},
+                // New pods are ready before old ones go.
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": {
+                    "metadata": {
+                        "labels": pod_labels,
+                        "annotations": {VERSION: spec.version.to_string()},
+                    },
+                    "spec": {
+                        "terminationGracePeriodSeconds": 30,
+                        "containers": [{
+                            "name": "function",
+                            "image": k.image,
+                            "command": ["uv", "run", "--script", "/scripts/main.py"],
+                            "env": [
+                                {"name": "PORT", "value": PORT.to_string()},
+                                {"name": "PYTHONUNBUFFERED", "value": "1"},
+                                {"name": "UV_CACHE_DIR", "value": "/uv-cache"},
+                            ],
+                            "envFrom": [{"secretRef": {"name": n.secret}}],
+                            "ports": [{"name": "http", "containerPort": PORT}],
+                            // The first start may install dependencies into an empty cache.
+                            "startupProbe": with(&probe, json!({"periodSeconds": 1, "failureThreshold": 300})),
+                            "readinessProbe": with(&probe, json!({"periodSeconds": 2})),
+                            "livenessProbe": with(&probe, json!({"periodSeconds": 10, "failureThreshold": 3})),
+                            // Endpoints are withdrawn first; in-flight requests finish meanwhile.
+                            "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
+                            "resources": {"requests": requests, "limits": limits},
+                            "volumeMounts": [
+                                {"name": "script", "mountPath": "/scripts", "readOnly": true},
+                                {"name": "uv-cache", "mountPath": "/uv-cache"},
+                            ],
+                        }],
+                        "volumes": [
+                            {"name": "script", "configMap": {"name": n.configmap}},
+                            uv_cache,
+                        ],
+                    },
+                },
+            },
+        }),
+    )
+}
+
+/// `base` with the keys of `extra` added.
+fn with(base: &serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    let mut out = base.clone();
+    if let (Some(o), serde_json::Value::Object(e)) = (out.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    out
+}
+
+/// The ClusterIP Service, port 80 → 8000.
+pub fn service(spec: &FunctionSpec, ns: &str) -> Result<Service> {
+    let n = names(&spec.name);
+    typed(
+        "Service",
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": n.service, "namespace": ns, "labels": labels(&spec.name)},
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {"app": n.app, SERVICE_ID: spec.name},
+                "ports": [{"name": "http", "port": 80, "targetPort": PORT, "protocol": "TCP"}],
+            },
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::function::DeployRequest;
+
+    fn def(name: &str) -> FunctionDef {
+        use base64::Engine;
+        let script = "# /// script\n# requires-python = \">=3.11\"\n# ///\nprint(1)\n";
+        let body = serde_json::json!({
+            "script": base64::engine::general_purpose::STANDARD.encode(script),
+            "dot_file": base64::engine::general_purpose::STANDARD.encode("HIDDEN_MESSAGE=\"psst\"\n"),
+            "option": {"name": name, "replica": 2},
+        });
+        DeployRequest::from_json(body.to_string().as_bytes()).unwrap().into_new(0).unwrap()
+    }
+
+    fn settings() -> KubeSettings {
+        KubeSettings {
+            image: "ghcr.io/astral-sh/uv:python3.12-alpine".into(),
+            health_path: "/health".into(),
+            cpu_request: "50m".into(),
+            memory_request: "64Mi".into(),
+            cpu_limit: String::new(),
+            memory_limit: "512Mi".into(),
+            uv_cache_pvc: String::new(),
+        }
+    }
+
+    #[test]
+    fn names_follow_the_original() {
+        let n = names("service-1234");
+        assert_eq!(n.configmap, "configmap-1234");
+        assert_eq!(n.deployment, "deployment-1234");
+        assert_eq!(n.service, "service-1234");
+        assert_eq!(n.app, "app-1234");
+        assert_eq!(names("hello").deployment, "deployment-hello");
+        assert!(names(&"a".repeat(63)).app.len() <= 63);
+    }
+
+    #[test]
+    fn every_object_is_labelled() {
+        let d = def("service-1234");
+        let cm = configmap(&d, "faas").unwrap();
+        let sec = secret(&d, "faas").unwrap();
+        let dep = deployment(&d, "faas", &settings()).unwrap();
+        let svc = service(&d.spec, "faas").unwrap();
+        for meta in [&cm.metadata, &sec.metadata, &dep.metadata, &svc.metadata] {
+            let l = meta.labels.as_ref().unwrap();
+            assert_eq!(l[MANAGED], "true");
+            assert_eq!(l[SERVICE_ID], "service-1234");
+            assert_eq!(meta.namespace.as_deref(), Some("faas"));
+        }
+        assert_eq!(cm.data.unwrap()["main.py"], d.script);
+        assert_eq!(sec.data.unwrap()["HIDDEN_MESSAGE"].0, b"psst");
+    }
+
+    #[test]
+    fn the_deployment_runs_the_script_with_uv_on_port_8000() {
+        let d = def("service-1234");
+        let dep = deployment(&d, "faas", &settings()).unwrap();
+        let spec = dep.spec.unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        let pod = spec.template.spec.unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(c.command.as_ref().unwrap(), &["uv", "run", "--script", "/scripts/main.py"]);
+        let env = c.env.as_ref().unwrap();
+        assert!(env.iter().any(|e| e.name == "PORT" && e.value.as_deref() == Some("8000")));
+        assert_eq!(c.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap().name, "secret-1234");
+        let ready = c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(ready.path.as_deref(), Some("/health"));
+        assert!(c.startup_probe.is_some() && c.liveness_probe.is_some());
+        let labels = spec.template.metadata.unwrap().labels.unwrap();
+        assert_eq!(labels["app"], "app-1234");
+        let vols = pod.volumes.unwrap();
+        assert_eq!(vols[0].config_map.as_ref().unwrap().name, "configmap-1234");
+        let stored: FunctionSpec =
+            serde_json::from_str(&dep.metadata.annotations.unwrap()[SPEC]).unwrap();
+        assert_eq!(stored, d.spec);
+    }
+
+    #[test]
+    fn tcp_probe_when_no_health_path() {
+        let mut k = settings();
+        k.health_path.clear();
+        let dep = deployment(&def("f"), "faas", &k).unwrap();
+        let c = &dep.spec.unwrap().template.spec.unwrap().containers[0];
+        assert!(c.readiness_probe.as_ref().unwrap().tcp_socket.is_some());
+    }
+
+    #[test]
+    fn the_service_maps_80_to_8000() {
+        let svc = service(&def("service-1234").spec, "faas").unwrap();
+        let spec = svc.spec.unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.ports.as_ref().unwrap()[0].port, 80);
+        assert_eq!(spec.selector.unwrap()["app"], "app-1234");
+    }
+}
