@@ -107,7 +107,10 @@ const SETTINGS: &[(&str, &str)] = &[
     ("FAAS_UV", "uv"),
     ("FAAS_AUTOSCALE_WINDOW", "10s"),
     ("FAAS_SCALE_DOWN_DELAY", "30s"),
-    ("FAAS_FUNCTION_IMAGE", "ghcr.io/astral-sh/uv:python3.12-alpine"),
+    (
+        "FAAS_FUNCTION_IMAGE",
+        "ghcr.io/astral-sh/uv:python3.12-alpine",
+    ),
     ("FAAS_FUNCTION_HEALTH_PATH", "/health"),
     ("FAAS_FUNCTION_CPU_REQUEST", "50m"),
     ("FAAS_FUNCTION_MEMORY_REQUEST", "64Mi"),

@@ -259,7 +259,9 @@ impl FnEntry {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1 << 32);
         self.route.send_if_modified(|r| {
             let same = r.endpoints.len() == addrs.len()
-                && addrs.iter().all(|a| r.endpoints.iter().any(|e| e.addr == *a));
+                && addrs
+                    .iter()
+                    .all(|a| r.endpoints.iter().any(|e| e.addr == *a));
             if same {
                 return false;
             }
@@ -394,7 +396,14 @@ mod tests {
         let first = e.acquire().unwrap();
         e.set_endpoints(&[a, b]);
         assert_eq!(e.ready(), 2);
-        let again = e.subscribe().borrow().endpoints.iter().find(|x| x.addr == a).cloned().unwrap();
+        let again = e
+            .subscribe()
+            .borrow()
+            .endpoints
+            .iter()
+            .find(|x| x.addr == a)
+            .cloned()
+            .unwrap();
         assert!(Arc::ptr_eq(&first, &again));
         assert_eq!(again.inflight.load(Ordering::Relaxed), 1);
         e.set_endpoints(&[]);

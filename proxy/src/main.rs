@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use control::admin::Admin;
 use control::config::{Config, RuntimeKind};
 use control::registry::Registry;
+use control::runtime::kube::KubeRuntime;
 use control::runtime::local::LocalRuntime;
 use control::runtime::Runtime;
 use pingora_core::server::configuration::ServerConf;
@@ -84,9 +85,7 @@ fn run() -> anyhow::Result<()> {
     let (registry, scale_rx) = Registry::new();
     let runtime: Arc<dyn Runtime> = match cfg.runtime {
         RuntimeKind::Local => Arc::new(LocalRuntime::new(&cfg, registry.clone())?),
-        RuntimeKind::Kubernetes => {
-            bail!("FAAS_RUNTIME=kubernetes is not available in this build yet; use local")
-        }
+        RuntimeKind::Kubernetes => Arc::new(KubeRuntime::new(&cfg, registry.clone())),
     };
     let metrics = Arc::new(Metrics::new()?);
     let control_metrics = metrics.control();

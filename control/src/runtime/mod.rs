@@ -1,6 +1,7 @@
 //! Runtimes run functions: the local one as child processes, the Kubernetes one as Deployments.
 //! Both publish ready endpoints into the [`Registry`](crate::registry::Registry).
 
+pub mod kube;
 pub mod local;
 
 use async_trait::async_trait;

@@ -73,9 +73,9 @@ impl KubeRuntime {
         self.inner
             .client
             .get_or_try_init(|| async {
-                Client::try_default()
-                    .await
-                    .map_err(|e| Error::internal("connecting to Kubernetes (KUBECONFIG or in-cluster)", e))
+                Client::try_default().await.map_err(|e| {
+                    Error::internal("connecting to Kubernetes (KUBECONFIG or in-cluster)", e)
+                })
             })
             .await
             .cloned()
@@ -110,10 +110,16 @@ impl KubeRuntime {
     async fn apply_all(&self, def: &FunctionDef) -> Result<()> {
         let ns = &self.inner.namespace;
         let n = names(&def.spec.name);
-        self.apply(&n.configmap, &objects::configmap(def, ns)?).await?;
+        self.apply(&n.configmap, &objects::configmap(def, ns)?)
+            .await?;
         self.apply(&n.secret, &objects::secret(def, ns)?).await?;
-        self.apply(&n.service, &objects::service(&def.spec, ns)?).await?;
-        self.apply(&n.deployment, &objects::deployment(def, ns, &self.inner.settings)?).await
+        self.apply(&n.service, &objects::service(&def.spec, ns)?)
+            .await?;
+        self.apply(
+            &n.deployment,
+            &objects::deployment(def, ns, &self.inner.settings)?,
+        )
+        .await
     }
 
     /// Deletes the function's objects; `false` when none existed.
@@ -121,9 +127,19 @@ impl KubeRuntime {
         let n = names(name);
         let dp = DeleteParams::background();
         let mut found = false;
-        found |= gone(self.api::<Deployment>().await?.delete(&n.deployment, &dp).await)?;
+        found |= gone(
+            self.api::<Deployment>()
+                .await?
+                .delete(&n.deployment, &dp)
+                .await,
+        )?;
         found |= gone(self.api::<Service>().await?.delete(&n.service, &dp).await)?;
-        found |= gone(self.api::<ConfigMap>().await?.delete(&n.configmap, &dp).await)?;
+        found |= gone(
+            self.api::<ConfigMap>()
+                .await?
+                .delete(&n.configmap, &dp)
+                .await,
+        )?;
         found |= gone(self.api::<Secret>().await?.delete(&n.secret, &dp).await)?;
         Ok(found)
     }
@@ -142,15 +158,28 @@ impl KubeRuntime {
             .as_ref()
             .and_then(|a| a.get(SPEC))
             .and_then(|s| serde_json::from_str(s).ok())
-            .ok_or_else(|| Error::internal(format!("reading {name}"), "its spec annotation is missing"))?;
-        spec.replicas = dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
+            .ok_or_else(|| {
+                Error::internal(format!("reading {name}"), "its spec annotation is missing")
+            })?;
+        spec.replicas = dep
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(0)
+            .max(0) as u32;
         let n = names(&name);
-        let cm = self.api::<ConfigMap>().await?.get(&n.configmap).await.map_err(kube_err(&name))?;
+        let cm = self
+            .api::<ConfigMap>()
+            .await?
+            .get(&n.configmap)
+            .await
+            .map_err(kube_err(&name))?;
         let script = cm
             .data
             .and_then(|mut d| d.remove("main.py"))
             .ok_or_else(|| Error::internal(format!("reading {}", n.configmap), "no main.py"))?;
-        let env: Vec<(String, String)> = match self.api::<Secret>().await?.get_opt(&n.secret).await {
+        let env: Vec<(String, String)> = match self.api::<Secret>().await?.get_opt(&n.secret).await
+        {
             Ok(Some(s)) => secret_env(s),
             Ok(None) => Vec::new(),
             Err(e) => return Err(Error::internal(format!("reading {}", n.secret), e)),
@@ -176,11 +205,19 @@ impl KubeRuntime {
 
     fn forget(&self, name: &str) {
         self.inner.registry.remove(name);
-        self.inner.defs.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.inner
+            .defs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
     }
 
     fn known(&self, name: &str) -> bool {
-        self.inner.defs.lock().unwrap_or_else(|p| p.into_inner()).contains_key(name)
+        self.inner
+            .defs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
     }
 
     /// Waits until `n` endpoints of the function are ready, bounded by the deploy timeout.
@@ -238,7 +275,11 @@ impl Runtime for KubeRuntime {
         for dep in list.items.iter().filter(|d| watch::is_managed(&d.metadata)) {
             match self.load(dep).await {
                 Ok(def) => {
-                    log::info!("rediscovered function {} ({} replica(s))", def.spec.name, def.spec.replicas);
+                    log::info!(
+                        "rediscovered function {} ({} replica(s))",
+                        def.spec.name,
+                        def.spec.replicas
+                    );
                     names.push(def.spec.name.clone());
                     self.remember(def);
                 }
@@ -255,7 +296,15 @@ impl Runtime for KubeRuntime {
             return Err(Error::Conflict(name));
         }
         let n = names(&name);
-        if self.api::<Deployment>().await?.get_opt(&n.deployment).await.ok().flatten().is_some() {
+        if self
+            .api::<Deployment>()
+            .await?
+            .get_opt(&n.deployment)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
             return Err(Error::Conflict(name));
         }
         let replicas = def.spec.replicas as usize;
@@ -286,7 +335,9 @@ impl Runtime for KubeRuntime {
 
     async fn get(&self, name: &str) -> Result<FunctionDef> {
         let defs = self.inner.defs.lock().unwrap_or_else(|p| p.into_inner());
-        defs.get(name).cloned().ok_or_else(|| Error::NotFound(name.to_string()))
+        defs.get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(name.to_string()))
     }
 
     async fn delete(&self, name: &str) -> Result<()> {
@@ -304,9 +355,13 @@ impl Runtime for KubeRuntime {
         let n = names(name);
         let api = self.api::<Deployment>().await?;
         let patch = serde_json::json!({"spec": {"replicas": replicas}});
-        api.patch_scale(&n.deployment, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(kube_err(name))?;
+        api.patch_scale(
+            &n.deployment,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(kube_err(name))?;
         let mut defs = self.inner.defs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(def) = defs.get_mut(name) {
             def.spec.replicas = replicas;
@@ -329,7 +384,9 @@ impl Runtime for KubeRuntime {
             .map_err(|e| Error::internal(format!("listing the pods of {name}"), e))?;
         let mut out = Vec::new();
         for pod in list.items {
-            let Some(pod_name) = pod.metadata.name else { continue };
+            let Some(pod_name) = pod.metadata.name else {
+                continue;
+            };
             let params = LogParams {
                 tail_lines: Some(tail as i64),
                 ..LogParams::default()

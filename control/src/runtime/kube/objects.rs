@@ -109,18 +109,15 @@ pub fn deployment(def: &FunctionDef, ns: &str, k: &KubeSettings) -> Result<Deplo
     } else {
         json!({"httpGet": {"path": k.health_path, "port": PORT}})
     };
-    let mut requests = serde_json::Map::new();
-    let mut limits = serde_json::Map::new();
-    for (map, key, value) in [
-        (&mut requests, "cpu", &k.cpu_request),
-        (&mut requests, "memory", &k.memory_request),
-        (&mut limits, "cpu", &k.cpu_limit),
-        (&mut limits, "memory", &k.memory_limit),
-    ] {
-        if !value.is_empty() {
-            map.insert(key.into(), json!(value));
-        }
-    }
+    let quantities = |pairs: [(&str, &String); 2]| -> serde_json::Map<String, serde_json::Value> {
+        pairs
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect()
+    };
+    let requests = quantities([("cpu", &k.cpu_request), ("memory", &k.memory_request)]);
+    let limits = quantities([("cpu", &k.cpu_limit), ("memory", &k.memory_limit)]);
     let uv_cache = if k.uv_cache_pvc.is_empty() {
         json!({"name": "uv-cache", "emptyDir": {}})
     } else {
@@ -225,7 +222,10 @@ mod tests {
             "dot_file": base64::engine::general_purpose::STANDARD.encode("HIDDEN_MESSAGE=\"psst\"\n"),
             "option": {"name": name, "replica": 2},
         });
-        DeployRequest::from_json(body.to_string().as_bytes()).unwrap().into_new(0).unwrap()
+        DeployRequest::from_json(body.to_string().as_bytes())
+            .unwrap()
+            .into_new(0)
+            .unwrap()
     }
 
     fn settings() -> KubeSettings {
@@ -276,11 +276,29 @@ mod tests {
         assert_eq!(spec.replicas, Some(2));
         let pod = spec.template.spec.unwrap();
         let c = &pod.containers[0];
-        assert_eq!(c.command.as_ref().unwrap(), &["uv", "run", "--script", "/scripts/main.py"]);
+        assert_eq!(
+            c.command.as_ref().unwrap(),
+            &["uv", "run", "--script", "/scripts/main.py"]
+        );
         let env = c.env.as_ref().unwrap();
-        assert!(env.iter().any(|e| e.name == "PORT" && e.value.as_deref() == Some("8000")));
-        assert_eq!(c.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap().name, "secret-1234");
-        let ready = c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert!(env
+            .iter()
+            .any(|e| e.name == "PORT" && e.value.as_deref() == Some("8000")));
+        assert_eq!(
+            c.env_from.as_ref().unwrap()[0]
+                .secret_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "secret-1234"
+        );
+        let ready = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
         assert_eq!(ready.path.as_deref(), Some("/health"));
         assert!(c.startup_probe.is_some() && c.liveness_probe.is_some());
         let labels = spec.template.metadata.unwrap().labels.unwrap();

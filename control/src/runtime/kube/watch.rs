@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, reflector, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 
@@ -18,24 +18,44 @@ use super::KubeRuntime;
 
 /// Whether an object carries the managed label (the emulator in tests ignores selectors).
 pub(super) fn is_managed(meta: &ObjectMeta) -> bool {
-    meta.labels.as_ref().and_then(|l| l.get(MANAGED)).is_some_and(|v| v == "true")
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED))
+        .is_some_and(|v| v == "true")
 }
 
 /// Starts both reflectors on the current runtime.
 pub(super) fn spawn(rt: KubeRuntime, client: Client) {
     let ns = rt.inner.namespace.clone();
-    tokio::spawn(endpoint_slices(rt.clone(), Api::namespaced(client.clone(), &ns)));
+    tokio::spawn(endpoint_slices(
+        rt.clone(),
+        Api::namespaced(client.clone(), &ns),
+    ));
     tokio::spawn(deployments(rt, Api::namespaced(client, &ns)));
 }
 
 /// The ready endpoints of `service` in the store: ready addresses with their slice's port.
-pub fn ready_endpoints<'a>(slices: impl Iterator<Item = &'a EndpointSlice>, service: &str) -> Vec<SocketAddr> {
+pub fn ready_endpoints<'a>(
+    slices: impl Iterator<Item = &'a EndpointSlice>,
+    service: &str,
+) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for s in slices {
-        if s.metadata.labels.as_ref().and_then(|l| l.get(SLICE_SERVICE)).map(String::as_str) != Some(service) {
+        if s.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SLICE_SERVICE))
+            .map(String::as_str)
+            != Some(service)
+        {
             continue;
         }
-        let Some(port) = s.ports.as_ref().and_then(|p| p.first()).and_then(|p| p.port) else {
+        let Some(port) = s
+            .ports
+            .as_ref()
+            .and_then(|p| p.first())
+            .and_then(|p| p.port)
+        else {
             continue;
         };
         for ep in &s.endpoints {
@@ -67,11 +87,18 @@ fn sync_service(rt: &KubeRuntime, store: &Store<EndpointSlice>, service: &str) {
 async fn endpoint_slices(rt: KubeRuntime, api: Api<EndpointSlice>) {
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().labels(SLICE_SERVICE);
-    let mut events = reflector(writer, watcher(api, config)).default_backoff().boxed();
+    let mut events = reflector(writer, watcher(api, config))
+        .default_backoff()
+        .boxed();
     while let Some(event) = events.next().await {
         match event {
             Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) => {
-                if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SLICE_SERVICE)) {
+                if let Some(svc) = s
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SLICE_SERVICE))
+                {
                     sync_service(&rt, &store, svc);
                 }
             }
@@ -103,10 +130,21 @@ async fn deployments(rt: KubeRuntime, api: Api<Deployment>) {
         if !is_managed(&dep.metadata) {
             continue;
         }
-        let Some(name) = dep.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_ID)).cloned() else {
+        let Some(name) = dep
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_ID))
+            .cloned()
+        else {
             continue;
         };
-        let replicas = dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
+        let replicas = dep
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(0)
+            .max(0) as u32;
         match rt.inner.registry.get(&name) {
             // Scaled from elsewhere (kubectl, another gateway): follow.
             Some(entry) if entry.spec().replicas != replicas => {
@@ -154,6 +192,12 @@ mod tests {
         }))
         .unwrap();
         let got = ready_endpoints([&slice, &other].into_iter(), "f");
-        assert_eq!(got, vec!["10.0.0.1:8000".parse().unwrap(), "10.0.0.3:8000".parse().unwrap()]);
+        assert_eq!(
+            got,
+            vec![
+                "10.0.0.1:8000".parse().unwrap(),
+                "10.0.0.3:8000".parse().unwrap()
+            ]
+        );
     }
 }
