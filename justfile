@@ -26,3 +26,23 @@ ci:
 bench-coldstart:
     ./dev setup
     cargo bench -p poorman-proxy --bench coldstart
+
+# helm lint --strict on the chart
+chart-lint:
+    ./dev setup
+    helm lint --strict charts/poorman-faas
+
+# render the chart (pass helm flags, e.g. --set adminToken=...) and validate the objects
+chart-render *ARGS:
+    ./dev setup
+    helm template faas charts/poorman-faas --namespace faas {{ARGS}} | tee target/chart.yaml
+    kubernetes-validate --strict -k 1.33.0 target/chart.yaml
+
+# build the gateway image (needs podman, buildah or docker with an engine)
+image TAG="ghcr.io/poorman-faas/gateway:0.1.0":
+    $(command -v podman || command -v docker) build -f Containerfile -t {{TAG}} .
+
+# install or upgrade the chart into the current kubectl context
+deploy *ARGS:
+    ./dev setup
+    helm upgrade --install faas charts/poorman-faas --namespace faas --create-namespace {{ARGS}}

@@ -325,3 +325,46 @@ impl Faas {
         }
     }
 }
+
+/// A tool installed by `./dev setup` into `.venv/bin` (or found on `PATH`).
+pub fn tool(name: &str) -> PathBuf {
+    let local = repo().join(".venv/bin").join(name);
+    if local.exists() {
+        local
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+/// Runs a tool and returns its stdout; panics with its output when it fails.
+pub fn run_tool(name: &str, args: &[&str]) -> String {
+    let out = Command::new(tool(name))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| panic!("running {name} (install it with ./dev setup): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `helm template` of the chart, as YAML documents.
+pub fn render_chart(extra: &[&str]) -> Vec<serde_yaml::Value> {
+    let mut args = vec![
+        "template",
+        "faas",
+        "charts/poorman-faas",
+        "--namespace",
+        "faas",
+    ];
+    args.extend_from_slice(extra);
+    let text = run_tool("helm", &args);
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &serde_yaml::Value| !v.is_null())
+        .collect()
+}
