@@ -22,6 +22,12 @@ lint:
 ci:
     .ci/run
 
+# load benchmark against nginx and haproxy (installs them and wrk), then the micro-benchmarks
+bench:
+    ./dev bench-setup
+    cargo bench -p poorman-proxy --bench load
+    cargo bench -p poorman-proxy --bench hotpath
+
 # cold start from zero vs `uv run`, and a 1000-request burst at zero (release build)
 bench-coldstart:
     ./dev setup

@@ -6,48 +6,14 @@
 //! 2. A burst of concurrent requests at a function at zero (one that takes a second to start, so
 //!    that the whole burst is held): successes, activations, and the peak memory of `faas`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn uv() -> String {
-    let local = repo().join(".venv/bin/uv");
-    if local.exists() {
-        local.to_string_lossy().into_owned()
-    } else {
-        "uv".into()
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
+use common::{env_num, free_port, machine, repo, rss_kib, uv, verdict, write_section, Faas};
+use serde_json::json;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -59,121 +25,20 @@ fn stats(mut v: Vec<f64>) -> (f64, f64) {
     (percentile(&v, 0.5), percentile(&v, 0.95))
 }
 
-struct Faas {
-    child: Child,
-    port: u16,
-    http: reqwest::Client,
-    _state: tempfile::TempDir,
-}
-
-impl Faas {
-    async fn start() -> Faas {
-        let state = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_faas"))
-            .arg("serve")
-            .env("PORT", port.to_string())
-            .env("FAAS_LISTEN", "127.0.0.1")
-            .env("FAAS_RUNTIME", "local")
-            .env("FAAS_STATE_DIR", state.path())
-            .env("FAAS_UV", uv())
-            .env("LOG_LEVEL", "warn")
-            .env("REAPER_TIME_TO_LIVE", "1h")
-            .env("FAAS_ACTIVATION_MAX_PENDING", "5000")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting faas");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap();
-        let f = Faas {
-            child,
-            port,
-            http,
-            _state: state,
-        };
-        for _ in 0..400 {
-            if f.http.get(f.url("/health")).send().await.is_ok() {
-                return f;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("faas did not start");
+async fn scale_to_zero(faas: &Faas, name: &str) {
+    let r = faas
+        .http
+        .post(faas.url(&format!("/admin/functions/{name}/scale")))
+        .json(&json!({"replicas": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    while faas.status(name).await["ready_replicas"] != 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn deploy(&self, name: &str, script: &Path, replica: u32) {
-        let text = std::fs::read_to_string(script).unwrap();
-        let body =
-            json!({"script": base64_encode(&text), "option": {"name": name, "replica": replica}});
-        let r = self
-            .http
-            .post(self.url("/admin/python"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    }
-
-    async fn status(&self, name: &str) -> Value {
-        let r = self
-            .http
-            .get(self.url(&format!("/admin/functions/{name}")))
-            .send()
-            .await
-            .unwrap();
-        r.json().await.unwrap()
-    }
-
-    async fn scale_to_zero(&self, name: &str) {
-        let r = self
-            .http
-            .post(self.url(&format!("/admin/functions/{name}/scale")))
-            .json(&json!({"replicas": 0}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        while self.status(name).await["ready_replicas"] != 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // Let the stopped process go away entirely.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-
-    async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-}
-
-impl Drop for Faas {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-fn base64_encode(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
+    // Let the stopped process go away entirely.
+    tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
 /// Starts the script with `uv run --script` and polls it until it answers; the time it took.
@@ -218,17 +83,17 @@ async fn main() {
     let iterations = env_num("BENCH_ITERATIONS", 20);
     let burst = env_num("BENCH_BURST", 1000);
     let hello = repo().join("examples/hello/main.py");
-    let faas = Faas::start().await;
+    let faas = Faas::start(&[("FAAS_ACTIVATION_MAX_PENDING", "5000")]).await;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
 
     eprintln!("== cold start: {iterations} rounds each, gateway from zero and direct `uv run`");
-    faas.deploy("hello", &hello, 1).await;
+    faas.deploy("hello", &hello, "", 1).await;
     let (mut gateway, mut direct) = (Vec::new(), Vec::new());
     for i in 0..iterations {
-        faas.scale_to_zero("hello").await;
+        scale_to_zero(&faas, "hello").await;
         let started = Instant::now();
         let r = http.get(faas.url("/gateway/hello/")).send().await.unwrap();
         assert_eq!(r.status(), 200);
@@ -246,8 +111,13 @@ async fn main() {
     let (d50, d95) = stats(direct);
 
     eprintln!("== burst: {burst} concurrent requests at a function at zero (1 s start)");
-    faas.deploy("burst", &repo().join("benches/functions/slow_start.py"), 0)
-        .await;
+    faas.deploy(
+        "burst",
+        &repo().join("benches/functions/slow_start.py"),
+        "",
+        0,
+    )
+    .await;
     let pid = faas.child.id();
     let baseline = rss_kib(pid, "VmRSS:");
     let before = faas
@@ -331,64 +201,4 @@ async fn main() {
         verdict(per_held <= 16.0 * 1024.0),
     );
     write_section("coldstart", &table);
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "NOT met"
-    }
-}
-
-/// CPU model, cores and memory of this machine, and the date.
-pub fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("MemTotal:")
-                .map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap_or(0))
-        })
-        .unwrap_or(0);
-    let date = Command::new("date")
-        .arg("-u")
-        .arg("+%F")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    format!(
-        "{cpu}, {cores} cores, {:.0} GiB RAM, measured {date}",
-        mem as f64 / 1048576.0
-    )
-}
-
-/// Replaces the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in benches/README.md.
-pub fn write_section(name: &str, body: &str) {
-    let path = repo().join("benches/README.md");
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let (begin, end) = (
-        format!("<!-- {name}:begin -->"),
-        format!("<!-- {name}:end -->"),
-    );
-    let new = match (text.find(&begin), text.find(&end)) {
-        (Some(b), Some(e)) if b < e => format!("{}{begin}\n{body}{}", &text[..b], &text[e..]),
-        _ => format!("{text}\n{begin}\n{body}{end}\n"),
-    };
-    if let Err(e) = std::fs::write(&path, new) {
-        eprintln!("could not update {}: {e}", path.display());
-    } else {
-        eprintln!("== updated {}", path.display());
-    }
 }

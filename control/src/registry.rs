@@ -4,10 +4,11 @@
 //! a `tokio::sync::watch` so that requests held during activation are woken by the runtime that
 //! publishes the first endpoint, without polling.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::{mpsc, watch, Notify};
@@ -35,7 +36,6 @@ pub struct RouteState {
 }
 
 /// One function as seen by the gateway, the admin API and the reaper.
-#[derive(Debug)]
 pub struct FnEntry {
     /// The function's name.
     pub name: String,
@@ -51,6 +51,8 @@ pub struct FnEntry {
     limit: AtomicUsize,
     /// Signalled when a limited replica frees a slot.
     slot_freed: Notify,
+    /// Per-function data the gateway attaches (its resolved metric handles), made on first use.
+    pub ext: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 /// A request for a function's replica count, from the gateway to the control side.
@@ -149,6 +151,17 @@ impl Registry {
     }
 }
 
+impl std::fmt::Debug for FnEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnEntry")
+            .field("name", &self.name)
+            .field("ready", &self.ready())
+            .field("inflight", &self.inflight)
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
+}
+
 // === impl FnEntry ===
 
 impl FnEntry {
@@ -162,6 +175,7 @@ impl FnEntry {
             activating: AtomicBool::new(false),
             limit: AtomicUsize::new(spec.max_concurrency.unwrap_or(0) as usize),
             slot_freed: Notify::new(),
+            ext: OnceLock::new(),
             spec: ArcSwap::from_pointee(spec),
         }
     }

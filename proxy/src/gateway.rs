@@ -335,17 +335,8 @@ impl ProxyHttp for Gateway {
             Some(r) => r.status.as_u16(),
             None => ctx.refusal.as_ref().map_or(0, |r| r.status),
         };
-        let code = code.to_string();
-        self.metrics
-            .requests
-            .with_label_values(&[entry.name.as_str(), code.as_str()])
-            .inc();
-        if let Some(t) = ctx.started {
-            self.metrics
-                .duration
-                .with_label_values(&[&entry.name])
-                .observe(t.elapsed().as_secs_f64());
-        }
+        let seconds = ctx.started.map(|t| t.elapsed().as_secs_f64());
+        self.metrics.observe(&entry.ext, &entry.name, code, seconds);
     }
 }
 

@@ -8,8 +8,15 @@ use std::sync::atomic::Ordering;
 use control::metrics::ControlMetrics;
 use control::registry::Registry as Functions;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+/// One function's request series, resolved once so that a request does no label lookup.
+pub struct FnMetrics {
+    ok: IntCounter,
+    duration: Histogram,
+}
 
 /// Every metric `faas` exports.
 pub struct Metrics {
@@ -97,6 +104,35 @@ impl Metrics {
             replicas,
             control,
         })
+    }
+
+    /// Counts one finished request of function `name` (its handles cached in `slot`).
+    pub fn observe(
+        &self,
+        slot: &std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+        name: &str,
+        code: u16,
+        seconds: Option<f64>,
+    ) {
+        let cached = slot.get_or_init(|| {
+            Box::new(FnMetrics {
+                ok: self.requests.with_label_values(&[name, "200"]),
+                duration: self.duration.with_label_values(&[name]),
+            })
+        });
+        let Some(m) = cached.downcast_ref::<FnMetrics>() else {
+            return;
+        };
+        if code == 200 {
+            m.ok.inc();
+        } else {
+            self.requests
+                .with_label_values(&[name, &code.to_string()])
+                .inc();
+        }
+        if let Some(s) = seconds {
+            m.duration.observe(s);
+        }
     }
 
     /// The control side's metrics (cold starts, reaper), registered with these.

@@ -64,7 +64,7 @@ APPLY = 'application/apply-patch+yaml'
 MERGE_PATCHES = {'application/merge-patch+json', 'application/strategic-merge-patch+json', APPLY}
 HISTORY_SIZE = 10_000  # changes per resource that watches can resume from
 DEFAULT_WATCH_SECONDS = 1800
-RECONCILE_SECONDS = 0.2  # how often the controller probes ports and processes
+RECONCILE_SECONDS = 0.1  # how often the controller probes ports and processes
 GRACE_SECONDS = 3.0  # between SIGTERM and SIGKILL
 
 Object = dict[str, Any]
@@ -230,7 +230,7 @@ class Emulator(kmock.KubernetesEmulator):
 
     # --- reading and writing, for the reactions and the controller
 
-    def get(self, resource: kmock.resource, namespace: str | None, name: str) -> Object | None:
+    def fetch(self, resource: kmock.resource, namespace: str | None, name: str) -> Object | None:
         """The stored object (never to be mutated), or None."""
         key = (resource, namespace, name)
         if key not in self.objects or self.objects[key].deleted:
@@ -242,21 +242,21 @@ class Emulator(kmock.KubernetesEmulator):
         found = [(key, obj.raw) for key, obj in self.objects.items() if key[0] == resource and not obj.deleted]
         return [obj for key, obj in sorted(found, key=lambda item: (item[0][1] or '', item[0][2])) if selected(obj)]
 
-    async def put(self, resource: kmock.resource, body: Object) -> Object:
+    async def store(self, resource: kmock.resource, body: Object) -> Object:
         """Create or replace an object as it is, status included."""
         namespace, name = body['metadata'].get('namespace'), body['metadata']['name']
         async with self._lock:
-            return await self._save(resource, namespace, name, body, self.get(resource, namespace, name))
+            return await self._save(resource, namespace, name, body, self.fetch(resource, namespace, name))
 
-    async def delete(self, resource: kmock.resource, namespace: str | None, name: str) -> None:
+    async def discard(self, resource: kmock.resource, namespace: str | None, name: str) -> None:
         async with self._lock:
-            if (previous := self.get(resource, namespace, name)) is not None:
+            if (previous := self.fetch(resource, namespace, name)) is not None:
                 await self._remove(resource, previous)
 
     async def set_status(self, resource: kmock.resource, namespace: str | None, name: str, status: Object) -> None:
         """Set the status of an object if it exists and the status differs."""
         async with self._lock:
-            previous = self.get(resource, namespace, name)
+            previous = self.fetch(resource, namespace, name)
             if previous is not None and previous.get('status') != status:
                 await self._save(resource, namespace, name, dict(previous, status=status), previous)
 
@@ -319,14 +319,15 @@ class Emulator(kmock.KubernetesEmulator):
             self._forget(request)
 
     def _forget(self, request: kmock.Request) -> None:
-        # kmock keeps every request for assertions, and its routing scans them all on each request.
+        # kmock keeps every request for assertions, and its routing scans them all on each request:
+        # kept, they make each request slower than the last (14 ms after 500 requests, 110 ms after 2000).
         self._requests.remove(request)
         for payload in self._payloads:
             if request in payload._requests:
                 payload._requests.remove(request)
 
     async def _render_error(self, exc: Exception) -> Any:
-        self.errors.remove(exc)  # kept for assertions at exit otherwise; here they are responses
+        self.errors.remove(exc)  # kmock keeps them for assertions; here they are just responses
         if not isinstance(exc, kmock.KubernetesError):
             log.error('Internal error', exc_info=exc)
         return await super()._render_error(exc)
@@ -359,9 +360,9 @@ class Emulator(kmock.KubernetesEmulator):
             raise api_error(422, 'Invalid', 'metadata.name: Required value', resource)
         namespace = request.namespace or meta.get('namespace')
         async with self._lock:
-            if self.get(resource, namespace, name) is not None:
+            if self.fetch(resource, namespace, name) is not None:
                 raise api_error(409, 'AlreadyExists', f'{resource.plural} "{name}" already exists', resource, name)
-            obj = await self._save(resource, namespace, name, self._client_state(body, None), None)
+            obj = await self._save(resource, namespace, name, self._client_write(resource, body, None), None)
         return kmock.Response(status=201, payload=obj)
 
     async def _serve_update(self, request: kmock.Request) -> Object:
@@ -370,13 +371,13 @@ class Emulator(kmock.KubernetesEmulator):
         body = self._body(request)
         applying = self._patch_type(request) == APPLY
         async with self._lock:
-            previous = self.get(resource, request.namespace, request.name)
+            previous = self.fetch(resource, request.namespace, request.name)
             if previous is None and not applying:
                 raise not_found(resource, request.name)
             self._check_version(resource, body, previous)
             merged = merge_patch(previous or {}, body)
             return await self._save(resource, request.namespace, request.name,
-                                    self._client_state(merged, previous), previous)
+                                    self._client_write(resource, merged, previous), previous)
 
     async def _serve_replace(self, request: kmock.Request) -> Object:
         resource = self._known(request)
@@ -385,7 +386,7 @@ class Emulator(kmock.KubernetesEmulator):
             previous = self._existing(request)
             self._check_version(resource, body, previous)
             return await self._save(resource, request.namespace, request.name,
-                                    self._client_state(body, previous), previous)
+                                    self._client_write(resource, body, previous), previous)
 
     async def _serve_delete(self, request: kmock.Request) -> Object:
         async with self._lock:
@@ -411,7 +412,7 @@ class Emulator(kmock.KubernetesEmulator):
         async with self._lock:
             deployment = self._existing(request)
             self._check_version(DEPLOYMENTS, body, deployment)
-            if replicas is not None and replicas != deployment['spec'].get('replicas'):
+            if replicas is not None and replicas != deployment['spec']['replicas']:
                 patched = merge_patch(deployment, {'spec': {'replicas': replicas}})
                 deployment = await self._save(DEPLOYMENTS, request.namespace, request.name, patched, deployment)
         return scale_of(deployment)
@@ -428,7 +429,7 @@ class Emulator(kmock.KubernetesEmulator):
 
     def _existing(self, request: kmock.Request) -> Object:
         resource = self._known(request)
-        obj = self.get(resource, request.namespace, request.name)
+        obj = self.fetch(resource, request.namespace, request.name)
         if obj is None:
             raise not_found(resource, request.name)
         return obj
@@ -474,11 +475,16 @@ class Emulator(kmock.KubernetesEmulator):
                             'and try again', resource, name)
 
     @staticmethod
-    def _client_state(body: Object, previous: Object | None) -> Object:
-        """Clients do not write statuses: those belong to the controllers."""
+    def _client_write(resource: kmock.resource, body: Object, previous: Object | None) -> Object:
+        """What a client's write stores: statuses stay the controllers'; defaults as the API server sets them."""
         obj = {key: value for key, value in body.items() if key != 'status'}
         if previous is not None and 'status' in previous:
             obj['status'] = previous['status']
+        if resource == DEPLOYMENTS:
+            obj['spec'] = {'replicas': 1, **(obj.get('spec') or {})}
+        if resource == SECRETS and 'stringData' in obj:
+            encoded = {key: base64.b64encode(value.encode()).decode() for key, value in obj.pop('stringData').items()}
+            obj['data'] = {**(obj.get('data') or {}), **encoded}
         return obj
 
     def _list_of(self, resource: kmock.resource, items: list[Object]) -> Object:
@@ -545,7 +551,7 @@ def scale_of(deployment: Object) -> Object:
         'apiVersion': 'autoscaling/v1',
         'kind': 'Scale',
         'metadata': {key: meta[key] for key in ('name', 'namespace', 'uid', 'resourceVersion', 'creationTimestamp')},
-        'spec': {'replicas': spec.get('replicas', 1)},
+        'spec': {'replicas': spec['replicas']},
         'status': {'replicas': status.get('readyReplicas', 0),
                    'selector': ','.join(f'{key}={value}' for key, value in match_labels.items())},
     }
@@ -617,7 +623,7 @@ class Controller:
         await self._reap(key, replicas)
         await self._probe(key, replicas)
         template = json.dumps(deployment['spec']['template'], sort_keys=True)
-        desired = deployment['spec'].get('replicas', 1)
+        desired = deployment['spec']['replicas']
         current = sorted((r for r in replicas if r.template == template), key=lambda r: (not r.ready, r.number))
         await self._retire(key, replicas, current[desired:])
         for _ in range(desired - len(current)):
@@ -639,11 +645,15 @@ class Controller:
     async def _reap(self, key: tuple[str, str], replicas: list[Replica]) -> None:
         """Forget the replicas whose process exited, and hold their restart back a little."""
         for replica in [r for r in replicas if r.process.returncode is not None]:
-            crashes = self._crashes[key] = self._crashes.get(key, 0) + 1
-            self._restart_at[key] = asyncio.get_running_loop().time() + min(0.5 * 2 ** (crashes - 1), 8.0)
             log.warning('%s/%s: replica r%d exited with %s, see %s', *key, replica.number,
                         replica.process.returncode, self._log_path(key, replica.number))
+            self._hold_back(key)
             await self._retire(key, replicas, [replica])
+
+    def _hold_back(self, key: tuple[str, str]) -> None:
+        """Delay the next start after a failure: 0.5 s, doubling up to 8 s until a replica gets ready."""
+        crashes = self._crashes[key] = self._crashes.get(key, 0) + 1
+        self._restart_at[key] = asyncio.get_running_loop().time() + min(0.5 * 2 ** (crashes - 1), 8.0)
 
     async def _probe(self, key: tuple[str, str], replicas: list[Replica]) -> None:
         for replica in replicas:
@@ -670,10 +680,16 @@ class Controller:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / 'main.py').write_text(script)
         number, port = next(self._numbers), free_port()
-        with open(self._log_path(key, number), 'ab') as output:
-            process = await asyncio.create_subprocess_exec(
-                self.uv, 'run', '--script', str(directory / 'main.py'), cwd=directory, env=env | {'PORT': str(port)},
-                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            with open(self._log_path(key, number), 'ab') as output:
+                process = await asyncio.create_subprocess_exec(
+                    self.uv, 'run', '--script', str(directory / 'main.py'), cwd=directory,
+                    env=env | {'PORT': str(port)}, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+        except OSError as e:
+            log.error('%s/%s: cannot run %s: %s', *key, self.uv, e)
+            self._hold_back(key)
+            return None
         log.info('%s/%s: started replica r%d (pid %d) for port %d', *key, number, process.pid, port)
         return Replica(number, template, port, process)
 
@@ -681,7 +697,7 @@ class Controller:
         for volume in pod_spec.get('volumes') or []:
             if 'configMap' in volume:
                 name = volume['configMap']['name']
-                configmap = self.api.get(CONFIGMAPS, namespace, name)
+                configmap = self.api.fetch(CONFIGMAPS, namespace, name)
                 if configmap is None or 'main.py' not in (configmap.get('data') or {}):
                     raise Waiting(f'ConfigMap {name} with main.py')
                 return configmap['data']['main.py']
@@ -696,14 +712,13 @@ class Controller:
         return env
 
     def _secret(self, namespace: str, ref: Object) -> dict[str, str]:
-        secret = self.api.get(SECRETS, namespace, ref['name'])
+        secret = self.api.fetch(SECRETS, namespace, ref['name'])
         if secret is None:
             if ref.get('optional'):
                 return {}
             raise Waiting(f'Secret {ref["name"]}')
-        data = {key: base64.b64decode(value).decode('utf-8', 'surrogateescape')
+        return {key: base64.b64decode(value).decode('utf-8', 'surrogateescape')
                 for key, value in (secret.get('data') or {}).items()}
-        return data | (secret.get('stringData') or {})
 
     async def _publish(self, namespace: str, deployment: Object, replicas: list[Replica]) -> None:
         """Give each ready replica an EndpointSlice of the Service selecting its pods, and no other."""
@@ -715,11 +730,11 @@ class Controller:
                 await self._unpublish(namespace, replica)
                 replica.service = wanted
                 if wanted is not None:
-                    await self.api.put(ENDPOINTSLICES, endpoint_slice(namespace, replica))
+                    await self.api.store(ENDPOINTSLICES, endpoint_slice(namespace, replica))
 
     async def _unpublish(self, namespace: str, replica: Replica) -> None:
         if replica.service is not None:
-            await self.api.delete(ENDPOINTSLICES, namespace, replica.slice_name)
+            await self.api.discard(ENDPOINTSLICES, namespace, replica.slice_name)
             replica.service = None
 
     def _service_for(self, namespace: str, pod_labels: Mapping[str, str]) -> str | None:

@@ -1,0 +1,342 @@
+//! Load benchmark (`just bench`): requests/s, p50, p99, errors and peak RSS of our gateway
+//! against nginx and haproxy as reverse proxies, all in front of the same fast upstream (an nginx
+//! returning a fixed small response), measured with `wrk` in one run. Prints a table with the
+//! ratios gateway/nginx and writes it into `benches/README.md`. Also reports the RSS of `faas`
+//! idle and with 10 000 functions registered.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{env_num, free_port, machine, repo, rss_kib, verdict, write_section, Faas};
+
+/// One wrk run against one target.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    peak_rss_kib: u64,
+}
+
+/// A proxy process under test.
+struct Proc {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which(bin: &str) -> String {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(bin);
+        if p.exists() {
+            return p.to_string_lossy().into_owned();
+        }
+    }
+    panic!("{bin} is not installed: run `./dev bench-setup` (apt-get install nginx haproxy wrk)");
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// nginx as a reverse proxy with upstream keepalive, `worker_processes auto`.
+fn start_nginx_proxy(port: u16, upstream: u16) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let conf = format!(
+        "worker_processes auto;\npid {d}/nginx.pid;\nerror_log stderr error;\ndaemon off;\n\
+         events {{ worker_connections 16384; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 10000000;\n\
+           client_body_temp_path {d}/cb; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+           upstream fn {{ server 127.0.0.1:{upstream}; keepalive 512; }}\n\
+           server {{\n    listen 127.0.0.1:{port} backlog=4096;\n\
+             location / {{ proxy_pass http://fn; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let child = Command::new(which("nginx"))
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .arg("-p")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    Proc { child, _dir: dir }
+}
+
+/// haproxy with connection reuse to the upstream, one thread per core.
+fn start_haproxy(port: u16, upstream: u16) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let conf = format!(
+        "global\n  nbthread {threads}\n  maxconn 20000\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
+         frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n\
+         backend b\n  http-reuse always\n  server s1 127.0.0.1:{upstream} maxconn 2000\n"
+    );
+    std::fs::write(dir.path().join("haproxy.cfg"), conf).unwrap();
+    let child = Command::new(which("haproxy"))
+        .arg("-f")
+        .arg(dir.path().join("haproxy.cfg"))
+        .arg("-db")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    Proc { child, _dir: dir }
+}
+
+/// Resident memory of a process and its children (nginx workers), KiB.
+fn tree_rss(pid: u32) -> u64 {
+    let mut total = rss_kib(pid, "VmRSS:");
+    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        for c in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            total += rss_kib(c, "VmRSS:");
+        }
+    }
+    total
+}
+
+fn parse_ms(v: &str) -> f64 {
+    let v = v.trim();
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(0.0);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => n,
+    }
+}
+
+/// Runs wrk; samples the RSS of `pid` (if any) meanwhile.
+fn wrk(url: &str, connections: usize, seconds: usize, pid: Option<u32>) -> Run {
+    let mut child = Command::new(which("wrk"))
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            url,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        if let Some(p) = pid {
+            peak = peak.max(tree_rss(p));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut run = Run {
+        peak_rss_kib: peak,
+        ..Run::default()
+    };
+    for line in text.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            run.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = line.strip_prefix("50%") {
+            run.p50_ms = parse_ms(v);
+        } else if let Some(v) = line.strip_prefix("99%") {
+            run.p99_ms = parse_ms(v);
+        } else if let Some(v) = line.strip_prefix("Socket errors:") {
+            run.errors += v
+                .split(',')
+                .filter_map(|kv| kv.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            run.errors += v.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    run
+}
+
+/// Writes `n` functions (at zero replicas) into a state directory, as the local runtime keeps them.
+fn populate(state: &Path, n: usize) {
+    let script =
+        "# /// script\n# requires-python = \">=3.11\"\n# dependencies = []\n# ///\nprint('hi')\n";
+    for i in 0..n {
+        let name = format!("fn-{i:05}");
+        let dir = state.join("functions").join(&name);
+        std::fs::create_dir_all(dir.join("v1")).unwrap();
+        std::fs::write(dir.join("v1/main.py"), script).unwrap();
+        std::fs::write(dir.join("v1/.env"), "").unwrap();
+        let spec = serde_json::json!({
+            "name": name, "user": null, "replicas": 0, "min_replicas": 0, "max_replicas": 10,
+            "target_concurrency": null, "max_concurrency": null, "idle_timeout_ms": null,
+            "metadata": {"requires_python": ">=3.11", "dependencies": []},
+            "version": 1, "created_at_ms": 0, "updated_at_ms": 0,
+        });
+        std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let seconds = env_num("BENCH_SECONDS", 10);
+    let concurrencies: Vec<usize> = std::env::var("BENCH_CONNECTIONS")
+        .unwrap_or_else(|_| "16,64,256".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+
+    // The upstream is itself a function of the gateway: nginx on a port we choose.
+    let upstream = free_port();
+    let faas = Faas::start(&[]).await;
+    let dot = format!("UPSTREAM_PORT={upstream}\nNGINX_BIN={}\n", which("nginx"));
+    faas.deploy(
+        "upstream",
+        &repo().join("benches/functions/nginx_upstream.py"),
+        &dot,
+        1,
+    )
+    .await;
+    wait_port(upstream);
+    let (nginx_port, haproxy_port) = (free_port(), free_port());
+    let nginx = start_nginx_proxy(nginx_port, upstream);
+    let haproxy = start_haproxy(haproxy_port, upstream);
+
+    let targets: [(&str, String, Option<u32>); 4] = [
+        (
+            "upstream direct",
+            format!("http://127.0.0.1:{upstream}/"),
+            None,
+        ),
+        (
+            "nginx",
+            format!("http://127.0.0.1:{nginx_port}/"),
+            Some(nginx.child.id()),
+        ),
+        (
+            "haproxy",
+            format!("http://127.0.0.1:{haproxy_port}/"),
+            Some(haproxy.child.id()),
+        ),
+        (
+            "faas gateway",
+            faas.url("/gateway/upstream/"),
+            Some(faas.child.id()),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for &c in &concurrencies {
+        for (name, url, pid) in &targets {
+            eprintln!("== {name}: {c} connections, {seconds} s (after a 2 s warm-up)");
+            wrk(url, c, 2, None);
+            let run = wrk(url, c, seconds, *pid);
+            eprintln!(
+                "   {:>10.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}  peak RSS {:.1} MiB",
+                run.rps,
+                run.p50_ms,
+                run.p99_ms,
+                run.errors,
+                run.peak_rss_kib as f64 / 1024.0
+            );
+            rows.push((c, *name, run));
+        }
+    }
+    drop((nginx, haproxy));
+    drop(faas);
+
+    eprintln!("== faas memory: idle, and with 10 000 functions registered");
+    let idle = Faas::start(&[]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = idle.rss_kib();
+    drop(idle);
+    let state = tempfile::tempdir().unwrap();
+    populate(state.path(), 10_000);
+    let many = Faas::start_in(state, &[]).await;
+    let list: serde_json::Value = many
+        .http
+        .get(many.url("/admin/functions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let registered = list["functions"].as_array().map_or(0, |a| a.len());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let many_rss = many.rss_kib();
+    drop(many);
+
+    let mut table = format!(
+        "Machine: {}\n\nwrk -t1, {seconds} s per run after a 2 s warm-up; every proxy in front of the same nginx upstream.\n\n\
+         | connections | target | requests/s | p50 | p99 | errors | peak RSS |\n|---:|---|---:|---:|---:|---:|---:|\n",
+        machine()
+    );
+    for (c, name, r) in &rows {
+        let rss = if r.peak_rss_kib > 0 {
+            format!("{:.1} MiB", r.peak_rss_kib as f64 / 1024.0)
+        } else {
+            "–".into()
+        };
+        table.push_str(&format!(
+            "| {c} | {name} | {:.0} | {:.2} ms | {:.2} ms | {} | {rss} |\n",
+            r.rps, r.p50_ms, r.p99_ms, r.errors
+        ));
+    }
+    table.push_str("\n| connections | throughput gateway/nginx | p99 gateway/nginx | gateway/haproxy throughput |\n|---:|---:|---:|---:|\n");
+    let mut verdicts = Vec::new();
+    for &c in &concurrencies {
+        let get = |n: &str| {
+            rows.iter()
+                .find(|(cc, name, _)| *cc == c && *name == n)
+                .map(|r| r.2.clone())
+                .unwrap_or_default()
+        };
+        let (g, n, h) = (get("faas gateway"), get("nginx"), get("haproxy"));
+        table.push_str(&format!(
+            "| {c} | {:.2} | {:.2} | {:.2} |\n",
+            g.rps / n.rps.max(1.0),
+            g.p99_ms / n.p99_ms.max(0.001),
+            g.rps / h.rps.max(1.0)
+        ));
+        verdicts.push(format!(
+            "{c} connections: throughput >= 1.0 x nginx {}, p99 <= nginx {}, 0 errors {}",
+            verdict(g.rps >= n.rps),
+            verdict(g.p99_ms <= n.p99_ms),
+            verdict(g.errors == 0)
+        ));
+    }
+    table.push_str(&format!(
+        "\n| `faas` RSS | measured | target |\n|---|---:|---:|\n| idle | {:.1} MiB | ≤ 30 MiB |\n| {registered} functions registered | {:.1} MiB | ≤ 60 MiB |\n",
+        idle_rss as f64 / 1024.0,
+        many_rss as f64 / 1024.0
+    ));
+    println!("\n{table}");
+    for v in &verdicts {
+        println!("target, {v}");
+    }
+    println!(
+        "target, RSS idle <= 30 MiB {}, with 10 000 functions <= 60 MiB {}",
+        verdict(idle_rss <= 30 * 1024),
+        verdict(many_rss <= 60 * 1024 && registered == 10_000)
+    );
+    write_section("load", &table);
+}
