@@ -17,7 +17,8 @@ impl LogBuf {
     /// A buffer keeping at most `max_lines` lines.
     pub fn new(max_lines: usize) -> Self {
         LogBuf {
-            lines: Mutex::new(VecDeque::with_capacity(max_lines.min(256))),
+            // Allocated as lines come: thousands of idle functions cost nothing here.
+            lines: Mutex::new(VecDeque::new()),
             max_lines,
         }
     }

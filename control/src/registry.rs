@@ -120,6 +120,29 @@ impl Registry {
         entry
     }
 
+    /// Adds many functions in one table swap (start-up with thousands of functions); existing
+    /// names get the new spec.
+    pub fn insert_all(&self, specs: Vec<FunctionSpec>) -> Vec<Arc<FnEntry>> {
+        let _g = self.inner.edit.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = HashMap::clone(&self.inner.table.load());
+        let entries = specs
+            .into_iter()
+            .map(|spec| match next.get(&spec.name) {
+                Some(e) => {
+                    e.set_spec(spec);
+                    e.clone()
+                }
+                None => {
+                    let e = Arc::new(FnEntry::new(spec));
+                    next.insert(e.name.clone(), e.clone());
+                    e
+                }
+            })
+            .collect();
+        self.inner.table.store(Arc::new(next));
+        entries
+    }
+
     /// Removes a function; held requests see it gone.
     pub fn remove(&self, name: &str) -> Option<Arc<FnEntry>> {
         let _g = self.inner.edit.lock().unwrap_or_else(|p| p.into_inner());

@@ -13,13 +13,15 @@ object store (``objects``) and event buses. :class:`Emulator` adds what kube-rs
 relies on and kmock lacks: resourceVersions and the other server-set metadata,
 List kinds, label and field selectors, watches that resume from a
 resourceVersion and end after timeoutSeconds, PUT, server-side apply that
-creates, the ``deployments/{name}/scale`` subresource, Status errors with
-Kubernetes' reasons.
+creates, the ``deployments/{name}/scale`` and ``pods/{name}/log``
+subresources, Status errors with Kubernetes' reasons.
 
 :class:`Controller` plays the cluster's controllers and kubelet for the
 Deployments labelled ``poorman-faas.io/managed: "true"``: each replica is a
-local ``uv run --script`` process of the ConfigMap's ``main.py``, published as
-an EndpointSlice of the matching Service once its port accepts connections.
+local ``uv run --script`` process of the ConfigMap's ``main.py`` (listed as a
+Pod whose log is the process's output), published as an EndpointSlice of the
+matching Service once it passes its readinessProbe (httpGet, or else a TCP
+connection).
 """
 import argparse
 import asyncio
@@ -52,6 +54,7 @@ log = logging.getLogger('kube-emulator')
 
 CONFIGMAPS = kmock.resource('', 'v1', 'configmaps')
 SECRETS = kmock.resource('', 'v1', 'secrets')
+PODS = kmock.resource('', 'v1', 'pods')
 SERVICES = kmock.resource('', 'v1', 'services')
 DEPLOYMENTS = kmock.resource('apps', 'v1', 'deployments')
 ENDPOINTSLICES = kmock.resource('discovery.k8s.io', 'v1', 'endpointslices')
@@ -59,6 +62,7 @@ ENDPOINTSLICES = kmock.resource('discovery.k8s.io', 'v1', 'endpointslices')
 MANAGED_LABEL = 'poorman-faas.io/managed'
 SERVICE_NAME_LABEL = 'kubernetes.io/service-name'
 MANAGED_BY_LABEL = 'endpointslice.kubernetes.io/managed-by'
+LOG_ANNOTATION = 'emulator.poorman-faas.io/log'  # the file a pod's log is read from
 
 APPLY = 'application/apply-patch+yaml'
 MERGE_PATCHES = {'application/merge-patch+json', 'application/strategic-merge-patch+json', APPLY}
@@ -212,6 +216,9 @@ class Emulator(kmock.KubernetesEmulator):
     reactions write instead, keeping kmock's object store and buses.
     """
 
+    # Every request as `METHOD path?query content-type`, one per line: the tests check the
+    # gateway's calls against the RBAC rules of its Helm chart.
+    audit_log: pathlib.Path | None = None
     changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _revision: int = attrs.field(default=0, init=False)
     _history: dict[kmock.resource, collections.deque[Change]] = attrs.field(factory=dict, init=False)
@@ -224,6 +231,7 @@ class Emulator(kmock.KubernetesEmulator):
         scale[kmock.method.GET] << self._serve_scale
         scale[kmock.method.PUT] << self._serve_scale_update
         scale[kmock.method.PATCH] << self._serve_scale_update
+        (self.fallback ** 3)[PODS, kmock.subresource('log'), kmock.method.GET] << self._serve_pod_log
         (self.fallback ** 2)[kmock.subresource(re.compile('.+'))] << self._serve_unknown_subresource
         self.fallback[kmock.method.PUT] << self._serve_replace
         self.fallback[kmock.method.DELETE, kmock.name(None)] << self._serve_delete_collection
@@ -309,6 +317,10 @@ class Emulator(kmock.KubernetesEmulator):
     # --- kmock's request handling
 
     async def _handle(self, request: kmock.Request) -> Any:
+        if self.audit_log is not None:
+            content_type = request.headers.get('Content-Type', '-').split(';')[0]
+            with self.audit_log.open('a') as f:
+                f.write(f'{request.method.value} {request.url.path_qs} {content_type}\n')
         # Skip KubernetesEmulator._handle's own writes: the reactions below do them.
         try:
             return await super(kmock.KubernetesEmulator, self)._handle(request)
@@ -368,8 +380,8 @@ class Emulator(kmock.KubernetesEmulator):
     async def _serve_update(self, request: kmock.Request) -> Object:
         """PATCH: JSON merge patch for all three kinds; server-side apply also creates."""
         resource = self._known(request)
-        body = self._body(request)
         applying = self._patch_type(request) == APPLY
+        body = self._body(request)
         async with self._lock:
             previous = self.fetch(resource, request.namespace, request.name)
             if previous is None and not applying:
@@ -403,9 +415,9 @@ class Emulator(kmock.KubernetesEmulator):
         return scale_of(self._existing(request))
 
     async def _serve_scale_update(self, request: kmock.Request) -> Object:
-        body = self._body(request)
         if request.method == kmock.method.PATCH:
             self._patch_type(request)
+        body = self._body(request)
         replicas = (body.get('spec') or {}).get('replicas')
         if replicas is not None and (not isinstance(replicas, int) or replicas < 0):
             raise api_error(422, 'Invalid', f'spec.replicas: Invalid value: {replicas!r}', DEPLOYMENTS, request.name)
@@ -416,6 +428,14 @@ class Emulator(kmock.KubernetesEmulator):
                 patched = merge_patch(deployment, {'spec': {'replicas': replicas}})
                 deployment = await self._save(DEPLOYMENTS, request.namespace, request.name, patched, deployment)
         return scale_of(deployment)
+
+    async def _serve_pod_log(self, request: kmock.Request) -> kmock.Response:
+        """The tail of the file that the pod's annotation names."""
+        path = pathlib.Path(self._existing(request)['metadata']['annotations'][LOG_ANNOTATION])
+        lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []
+        if (tail := request.params.get('tailLines')) is not None:
+            lines = lines[max(len(lines) - int(tail), 0):]
+        return kmock.Response(headers={'Content-Type': 'text/plain'}, payload=b''.join(lines))
 
     async def _serve_unknown_subresource(self, request: kmock.Request) -> Object:
         raise api_error(404, 'NotFound', 'the server could not find the requested resource', request.resource)
@@ -569,6 +589,7 @@ class Replica:
     number: int
     template: str  # the pod template it was started from, as canonical JSON
     port: int
+    probe: Object | None  # the container's readinessProbe
     process: asyncio.subprocess.Process
     ready: bool = False
     service: str | None = None  # whose EndpointSlice publishes it
@@ -657,7 +678,7 @@ class Controller:
 
     async def _probe(self, key: tuple[str, str], replicas: list[Replica]) -> None:
         for replica in replicas:
-            if not replica.ready and await accepts_connections(replica.port):
+            if not replica.ready and await passes(replica.probe, replica.port):
                 replica.ready = True
                 self._crashes.pop(key, None)
                 log.info('%s/%s: replica r%d is ready on port %d', *key, replica.number, replica.port)
@@ -667,9 +688,10 @@ class Controller:
             return None
         namespace, name = key
         pod_spec = deployment['spec']['template']['spec']
+        container = pod_spec['containers'][0]
         try:
             script = self._script(namespace, pod_spec)
-            env = self._environment(namespace, pod_spec['containers'][0])
+            env = self._environment(namespace, container)
         except Waiting as e:
             if self._waiting.get(key) != str(e):
                 log.info('%s/%s: waiting: %s', *key, e)
@@ -691,7 +713,8 @@ class Controller:
             self._hold_back(key)
             return None
         log.info('%s/%s: started replica r%d (pid %d) for port %d', *key, number, process.pid, port)
-        return Replica(number, template, port, process)
+        await self.api.store(PODS, pod_of(deployment, number, self._log_path(key, number)))
+        return Replica(number, template, port, container.get('readinessProbe'), process)
 
     def _script(self, namespace: str, pod_spec: Object) -> str:
         for volume in pod_spec.get('volumes') or []:
@@ -704,11 +727,15 @@ class Controller:
         raise Waiting('a configMap volume in the pod template')
 
     def _environment(self, namespace: str, container: Object) -> dict[str, str]:
+        """The host's environment, the Secrets' keys, and the plain values but those naming container mounts."""
         env = dict(os.environ)
         for source in container.get('envFrom') or []:
             if 'secretRef' in source:
                 env.update(self._secret(namespace, source['secretRef']))
-        env.update({var['name']: var['value'] for var in container.get('env') or [] if 'value' in var})
+        mounts = [mount['mountPath'].rstrip('/') for mount in container.get('volumeMounts') or []]
+        env.update({var['name']: var['value'] for var in container.get('env') or []
+                    if 'value' in var and not any(var['value'] == m or var['value'].startswith(m + '/')
+                                                  for m in mounts)})
         return env
 
     def _secret(self, namespace: str, ref: Object) -> dict[str, str]:
@@ -750,6 +777,7 @@ class Controller:
             replicas.remove(replica)
             await self._unpublish(key[0], replica)
             self._terminate_later(replica)
+            await self.api.discard(PODS, key[0], pod_name(key[1], replica.number))
             log.info('%s/%s: stopping replica r%d', *key, replica.number)
 
     def _terminate_later(self, replica: Replica) -> None:
@@ -758,7 +786,25 @@ class Controller:
         task.add_done_callback(self._terminations.discard)
 
     def _log_path(self, key: tuple[str, str], number: int) -> pathlib.Path:
-        return self.workdir / 'logs' / f'{key[1]}-r{number}.log'
+        return self.workdir / 'logs' / f'{pod_name(key[1], number)}.log'
+
+
+def pod_name(deployment: str, number: int) -> str:
+    return f'{deployment}-r{number}'
+
+
+def pod_of(deployment: Object, number: int, log_path: pathlib.Path) -> Object:
+    """The Pod that lists a replica (for its labels and its log); the process is its only life."""
+    meta, template = deployment['metadata'], deployment['spec']['template']
+    return {
+        'apiVersion': 'v1',
+        'kind': 'Pod',
+        'metadata': {'name': pod_name(meta['name'], number), 'namespace': meta['namespace'],
+                     'labels': (template.get('metadata') or {}).get('labels') or {},
+                     'annotations': {LOG_ANNOTATION: str(log_path)}},
+        'spec': template['spec'],
+        'status': {'phase': 'Running', 'podIP': '127.0.0.1'},
+    }
 
 
 def endpoint_slice(namespace: str, replica: Replica) -> Object:
@@ -780,13 +826,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def accepts_connections(port: int) -> bool:
+async def passes(probe: Object | None, port: int) -> bool:
+    """Whether a replica passes its readinessProbe: an httpGet answered 200-399, or else a TCP connection."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection('127.0.0.1', port), 1.0)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection('127.0.0.1', port), 1.0)
     except (OSError, TimeoutError):
         return False
-    writer.close()
-    return True
+    try:
+        if (http := (probe or {}).get('httpGet')) is None:
+            return True
+        writer.write(f'GET {http.get("path", "/")} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n'.encode())
+        status_line = (await asyncio.wait_for(reader.readline(), 1.0)).split()
+        return len(status_line) >= 2 and status_line[1].isdigit() and 200 <= int(status_line[1]) < 400
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
 
 
 async def terminate(process: asyncio.subprocess.Process) -> None:
@@ -825,7 +880,7 @@ async def serve(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    async with Emulator() as api, kmock.Server(api, host=args.host, port=args.port) as server:
+    async with Emulator(audit_log=workdir / 'requests.log') as api, kmock.Server(api, host=args.host, port=args.port) as server:
         controller = Controller(api, args.uv, workdir)
         reconciling = asyncio.create_task(controller.run())
         log.info('serving on %s:%d, workdir %s', args.host, server.port, workdir)

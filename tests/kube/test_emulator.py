@@ -59,14 +59,6 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Hello).serve_forever
 Object = dict[str, Any]
 
 
-@dataclasses.dataclass
-class Emulator:
-    """The running emulator under test."""
-    api: 'Api'
-    workdir: pathlib.Path
-    process: subprocess.Popen[str]
-
-
 class ApiError(Exception):
     def __init__(self, code: int, status: Object) -> None:
         super().__init__(f'{code}: {status}')
@@ -93,6 +85,10 @@ class Api:
     def get(self, path: str, **params: str) -> Object:
         return self.request('GET', path, **params)
 
+    def text(self, path: str, **params: str) -> str:
+        with urllib.request.urlopen(f'{self.base}{path}?{urllib.parse.urlencode(params)}', timeout=10) as response:
+            return response.read().decode()
+
     def apply(self, path: str, body: Object) -> Object:
         return self.request('PATCH', path, body, APPLY, fieldManager='test', force='true')
 
@@ -102,6 +98,14 @@ class Api:
         with urllib.request.urlopen(f'{self.base}{path}?{query}', timeout=30) as response:
             for line in response:
                 yield json.loads(line)
+
+
+@dataclasses.dataclass
+class Emulator:
+    """The running emulator under test."""
+    api: Api
+    workdir: pathlib.Path
+    process: subprocess.Popen[str]
 
 
 def expect_error(code: int, reason: str, call: Callable[[], Object]) -> None:
@@ -144,6 +148,7 @@ def function_objects(fid: str, service: str) -> list[tuple[str, Object]]:
                 'name': 'function', 'image': 'python', 'command': ['uv', 'run', '--script', '/scripts/main.py'],
                 'env': [{'name': 'PORT', 'value': '8000'}],
                 'envFrom': [{'secretRef': {'name': f'secret-{fid}'}}],
+                'readinessProbe': {'httpGet': {'path': '/health', 'port': 8000}},
                 'volumeMounts': [{'name': 'scripts', 'mountPath': '/scripts'}],
             }],
             'volumes': [{'name': 'scripts', 'configMap': {'name': f'configmap-{fid}'}}],
@@ -277,7 +282,10 @@ def test_function_lifecycle(emulator: Emulator) -> None:
         assert response.read().decode() == f'hello from {port}'
     deployment = f'{APPS}/deployments/deployment-t1'
     eventually(lambda: (api.get(deployment).get('status') or {}).get('readyReplicas') == 1)
-    assert list((emulator.workdir / 'logs').glob('deployment-t1-r*.log'))
+    pods = api.get(f'{CORE}/pods', labelSelector='app=app-t1')['items']
+    assert len(pods) == 1 and pods[0]['metadata']['name'].startswith('deployment-t1-r')
+    log = eventually(lambda: api.text(f'{CORE}/pods/{pods[0]["metadata"]["name"]}/log', tailLines='1'))
+    assert log.count('\n') == 1 and '"GET / HTTP/1.1" 200' in log
 
     # A new pod template rolls: the new replica is published before the old one goes.
     template_annotation = {'spec': {'template': {'metadata': {'annotations': {'rollout': '2'}}}}}
@@ -294,9 +302,9 @@ def test_function_lifecycle(emulator: Emulator) -> None:
     assert scaled['spec']['replicas'] == 0
     assert next_slice_event(events, 'DELETED')['metadata']['name'] == second['metadata']['name']
     eventually(lambda: not accepts_connections(slice_port(second)))
-    modified = next(api.watch(deployment.rsplit('/', 1)[0], resourceVersion=since, timeoutSeconds='5'))
-    assert (modified['type'], modified['object']['spec']['replicas']) == ('MODIFIED', 0)
-    assert revision(modified['object']) > int(since)
+    changes = api.watch(deployment.rsplit('/', 1)[0], resourceVersion=since, timeoutSeconds='5')
+    modified = next(event for event in changes if event['object']['spec']['replicas'] == 0)
+    assert modified['type'] == 'MODIFIED' and revision(modified['object']) > int(since)
 
 
 def test_exited_replica_restarts(emulator: Emulator) -> None:

@@ -162,19 +162,26 @@ async fn stop_all(replicas: Vec<Replica>) {
 #[async_trait]
 impl Runtime for LocalRuntime {
     async fn restore(&self) -> Result<Vec<String>> {
-        let mut names = Vec::new();
-        for def in self.inner.store.load_all() {
+        let defs = self.inner.store.load_all();
+        let entries = self.inner.registry.insert_all(defs.iter().map(|d| d.spec.clone()).collect());
+        let mut names = Vec::with_capacity(defs.len());
+        for (def, entry) in defs.into_iter().zip(entries) {
             let name = def.spec.name.clone();
-            let script = self
-                .inner
-                .store
-                .version_dir(&name, def.spec.version)
-                .join("main.py");
+            let script = self.inner.store.version_dir(&name, def.spec.version).join("main.py");
             let replicas = def.spec.replicas;
-            let mut f = self.register(def, script);
+            let mut f = LocalFn {
+                env: Arc::new(def.env.clone()),
+                def,
+                script,
+                replicas: Vec::new(),
+                logs: Arc::new(LogBuf::new(LOG_LINES)),
+                entry,
+            };
             let ctx = self.ctx(&f);
             f.replicas = self.start_replicas(&ctx, replicas);
-            log::info!("restored function {name} with {replicas} replica(s)");
+            if replicas > 0 {
+                log::info!("restored function {name} with {replicas} replica(s)");
+            }
             let mut fns = self.inner.fns.lock().unwrap_or_else(|p| p.into_inner());
             fns.insert(name.clone(), Arc::new(AsyncMutex::new(Some(f))));
             names.push(name);
