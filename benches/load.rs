@@ -86,7 +86,7 @@ fn start_haproxy(port: u16, upstream: u16) -> Proc {
         .map(|n| n.get())
         .unwrap_or(1);
     let conf = format!(
-        "global\n  nbthread {threads}\n  maxconn 20000\n\
+        "global\n  nbthread {threads}\n  maxconn 8000\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
          frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n\
          backend b\n  http-reuse always\n  server s1 127.0.0.1:{upstream} maxconn 2000\n"

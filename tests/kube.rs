@@ -13,6 +13,9 @@ use base64::Engine;
 use harness::{repo, script, tool, Faas};
 use serde_json::Value;
 
+/// The user agent of the test's own requests to the emulator.
+const HARNESS_AGENT: &str = "poorman-e2e-harness";
+
 struct Emulator {
     child: Child,
     port: u16,
@@ -34,7 +37,9 @@ impl Emulator {
             .spawn()
             .expect("starting tests/kube/emulator.py (./dev setup installs kmock)");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert!(line.starts_with("READY"), "emulator said {line:?}");
         let kubeconfig = workdir.path().join("kubeconfig");
         std::fs::write(
@@ -46,16 +51,30 @@ impl Emulator {
             ),
         )
         .unwrap();
-        Emulator { child, port, workdir, kubeconfig }
+        Emulator {
+            child,
+            port,
+            workdir,
+            kubeconfig,
+        }
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await.unwrap();
+        let client = reqwest::Client::builder()
+            .user_agent(HARNESS_AGENT)
+            .build()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let r = client.get(url).send().await.unwrap();
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
     async fn replicas(&self, deployment: &str) -> i64 {
-        let (_, d) = self.get(&format!("/apis/apps/v1/namespaces/faas/deployments/{deployment}")).await;
+        let (_, d) = self
+            .get(&format!(
+                "/apis/apps/v1/namespaces/faas/deployments/{deployment}"
+            ))
+            .await;
         d["spec"]["replicas"].as_i64().unwrap_or(-1)
     }
 
@@ -86,7 +105,10 @@ async fn faas_on(emu: &Emulator) -> Faas {
     .await
 }
 
-async fn wait_until<F: std::future::Future<Output = bool>>(timeout: Duration, mut f: impl FnMut() -> F) -> bool {
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    timeout: Duration,
+    mut f: impl FnMut() -> F,
+) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if f().await {
@@ -106,7 +128,13 @@ fn validate(objects: &[&Value]) {
             let mut o = (*o).clone();
             // Server-populated fields are not part of what we send.
             if let Some(m) = o["metadata"].as_object_mut() {
-                for k in ["resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"] {
+                for k in [
+                    "resourceVersion",
+                    "uid",
+                    "creationTimestamp",
+                    "generation",
+                    "managedFields",
+                ] {
                     m.remove(k);
                 }
             }
@@ -122,7 +150,12 @@ fn validate(objects: &[&Value]) {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "kubernetes-validate:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubernetes-validate:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -132,15 +165,21 @@ async fn deploy_route_scale_to_zero_activate_and_rediscover_on_kubernetes() {
     let tool_py = script("tests/functions/tool.py");
 
     // Deploy: the four objects, applied server-side, answered once an endpoint is ready.
-    let (s, r) = faas.deploy("kfn", &tool_py, "VERSION=\"on kubernetes\"\n", 1).await;
+    let (s, r) = faas
+        .deploy("kfn", &tool_py, "VERSION=\"on kubernetes\"\n", 1)
+        .await;
     assert_eq!(s, 200, "{r}\n{}\n{}", faas.log_text(), emu.log());
 
-    let (s, cm) = emu.get("/api/v1/namespaces/faas/configmaps/configmap-kfn").await;
+    let (s, cm) = emu
+        .get("/api/v1/namespaces/faas/configmaps/configmap-kfn")
+        .await;
     assert_eq!(s, 200);
     assert_eq!(cm["data"]["main.py"], tool_py);
     let (s, secret) = emu.get("/api/v1/namespaces/faas/secrets/secret-kfn").await;
     assert_eq!(s, 200);
-    let version = base64::engine::general_purpose::STANDARD.decode(secret["data"]["VERSION"].as_str().unwrap()).unwrap();
+    let version = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["VERSION"].as_str().unwrap())
+        .unwrap();
     assert_eq!(version, b"on kubernetes");
     let (s, svc) = emu.get("/api/v1/namespaces/faas/services/kfn").await;
     assert_eq!(s, 200);
@@ -148,55 +187,97 @@ async fn deploy_route_scale_to_zero_activate_and_rediscover_on_kubernetes() {
     assert_eq!(svc["spec"]["ports"][0]["port"], 80);
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8000);
     assert_eq!(svc["spec"]["selector"]["app"], "app-kfn");
-    let (s, dep) = emu.get("/apis/apps/v1/namespaces/faas/deployments/deployment-kfn").await;
+    let (s, dep) = emu
+        .get("/apis/apps/v1/namespaces/faas/deployments/deployment-kfn")
+        .await;
     assert_eq!(s, 200);
     for obj in [&cm, &secret, &svc, &dep] {
         assert_eq!(obj["metadata"]["labels"]["poorman-faas.io/managed"], "true");
-        assert_eq!(obj["metadata"]["labels"]["poorman-faas.io/service-id"], "kfn");
+        assert_eq!(
+            obj["metadata"]["labels"]["poorman-faas.io/service-id"],
+            "kfn"
+        );
     }
     assert_eq!(dep["spec"]["replicas"], 1);
     let pod = &dep["spec"]["template"];
     assert_eq!(pod["metadata"]["labels"]["app"], "app-kfn");
     let c = &pod["spec"]["containers"][0];
-    assert_eq!(c["command"], serde_json::json!(["uv", "run", "--script", "/scripts/main.py"]));
+    assert_eq!(
+        c["command"],
+        serde_json::json!(["uv", "run", "--script", "/scripts/main.py"])
+    );
     assert!(c["image"].as_str().unwrap().contains("uv"));
-    assert!(c["env"].as_array().unwrap().iter().any(|e| e["name"] == "PORT" && e["value"] == "8000"));
+    assert!(c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "PORT" && e["value"] == "8000"));
     assert_eq!(c["envFrom"][0]["secretRef"]["name"], "secret-kfn");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/health");
     assert_eq!(c["readinessProbe"]["httpGet"]["port"], 8000);
-    assert_eq!(pod["spec"]["volumes"][0]["configMap"]["name"], "configmap-kfn");
+    assert_eq!(
+        pod["spec"]["volumes"][0]["configMap"]["name"],
+        "configmap-kfn"
+    );
     validate(&[&cm, &secret, &svc, &dep]);
 
     // Routed straight to the endpoint the harness published.
-    assert_eq!(faas.call("/gateway/kfn/version").await, (200, "on kubernetes".into()));
+    assert_eq!(
+        faas.call("/gateway/kfn/version").await,
+        (200, "on kubernetes".into())
+    );
 
     // Idle: the reaper scales the Deployment to 0 through /scale.
     assert!(
-        wait_until(Duration::from_secs(20), || async { emu.replicas("deployment-kfn").await == 0 }).await,
+        wait_until(Duration::from_secs(20), || async {
+            emu.replicas("deployment-kfn").await == 0
+        })
+        .await,
         "not scaled to zero:\n{}",
         faas.log_text()
     );
-    assert!(faas.wait_status("kfn", "ready_replicas", Duration::from_secs(20), |v| v == 0).await);
+    assert!(
+        faas.wait_status("kfn", "ready_replicas", Duration::from_secs(20), |v| v == 0)
+            .await
+    );
 
     // A held request triggers a scale to 1 and completes once the endpoint is published.
-    assert_eq!(faas.call("/gateway/kfn/version").await, (200, "on kubernetes".into()));
+    assert_eq!(
+        faas.call("/gateway/kfn/version").await,
+        (200, "on kubernetes".into())
+    );
     assert_eq!(emu.replicas("deployment-kfn").await, 1);
-    assert_eq!(faas.metric("faas_cold_starts_total{function=\"kfn\",outcome=\"ready\"}").await, 1.0);
+    assert_eq!(
+        faas.metric("faas_cold_starts_total{function=\"kfn\",outcome=\"ready\"}")
+            .await,
+        1.0
+    );
 
     // A restarted gateway rediscovers the function from its labels.
     faas.restart().await;
     let (s, st) = faas.admin("GET", "/admin/functions/kfn", None).await;
     assert_eq!(s, 200, "{st}");
-    assert_eq!(faas.call("/gateway/kfn/version").await, (200, "on kubernetes".into()));
+    assert_eq!(
+        faas.call("/gateway/kfn/version").await,
+        (200, "on kubernetes".into())
+    );
 
     // Logs come from the pods of the function.
-    let logs = faas.http.get(faas.url("/admin/functions/kfn/logs?tail=20")).send().await.unwrap();
+    let logs = faas
+        .http
+        .get(faas.url("/admin/functions/kfn/logs?tail=20"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(logs.status(), 200);
     let logs = logs.text().await.unwrap();
     assert!(logs.contains("listening on"), "{logs}");
 
     // Delete removes all four objects.
-    assert_eq!(faas.admin("DELETE", "/admin/functions/kfn", None).await.0, 204);
+    assert_eq!(
+        faas.admin("DELETE", "/admin/functions/kfn", None).await.0,
+        204
+    );
     for path in [
         "/api/v1/namespaces/faas/configmaps/configmap-kfn",
         "/api/v1/namespaces/faas/secrets/secret-kfn",
@@ -212,21 +293,33 @@ async fn deploy_route_scale_to_zero_activate_and_rediscover_on_kubernetes() {
     let used = permissions_used(&audit);
     let granted = permissions_granted();
     let missing: Vec<_> = used.difference(&granted).collect();
-    assert!(missing.is_empty(), "the Role lacks {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "the Role lacks {missing:?}; the calls:\n{audit}"
+    );
     let unused: Vec<_> = granted.difference(&used).collect();
-    assert!(unused.is_empty(), "the Role grants more than the code uses: {unused:?}");
+    assert!(
+        unused.is_empty(),
+        "the Role grants more than the code uses: {unused:?}"
+    );
 }
 
 type Permission = (String, String, String);
 
-/// (API group, resource[/subresource], verb) of every resource request in the emulator's log.
+/// (API group, resource[/subresource], verb) of every resource request the gateway made, from
+/// the emulator's log (the test's own reads carry the user agent [`HARNESS_AGENT`]).
 fn permissions_used(audit: &str) -> std::collections::BTreeSet<Permission> {
     let mut out = std::collections::BTreeSet::new();
     for line in audit.lines() {
         let mut parts = line.split_whitespace();
-        let (Some(method), Some(target), content_type) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(method), Some(target), content_type, agent) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
+        if agent == Some(HARNESS_AGENT) {
+            continue;
+        }
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         let (group, rest) = match segs.as_slice() {
@@ -242,12 +335,16 @@ fn permissions_used(audit: &str) -> std::collections::BTreeSet<Permission> {
         };
         let verbs: &[&str] = match (method, named) {
             ("GET", true) => &["get"],
-            ("GET", false) if query.contains("watch=true") || query.contains("watch=1") => &["watch"],
+            ("GET", false) if query.contains("watch=true") || query.contains("watch=1") => {
+                &["watch"]
+            }
             ("GET", false) => &["list"],
             ("POST", _) => &["create"],
             ("PUT", _) => &["update"],
             // Server-side apply creates what does not exist yet: it needs both.
-            ("PATCH", _) if content_type == Some("application/apply-patch+yaml") => &["patch", "create"],
+            ("PATCH", _) if content_type == Some("application/apply-patch+yaml") => {
+                &["patch", "create"]
+            }
             ("PATCH", _) => &["patch"],
             ("DELETE", true) => &["delete"],
             ("DELETE", false) => &["deletecollection"],
@@ -263,11 +360,19 @@ fn permissions_used(audit: &str) -> std::collections::BTreeSet<Permission> {
 /// What the chart's Role grants, expanded to single permissions.
 fn permissions_granted() -> std::collections::BTreeSet<Permission> {
     let docs = harness::render_chart(&[]);
-    let role = docs.iter().find(|d| d["kind"] == "Role").expect("a Role in the chart");
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role")
+        .expect("a Role in the chart");
     let mut out = std::collections::BTreeSet::new();
     for rule in role["rules"].as_sequence().unwrap() {
         let list = |k: &str| -> Vec<String> {
-            rule[k].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+            rule[k]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
         };
         for g in list("apiGroups") {
             for r in list("resources") {

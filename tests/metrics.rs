@@ -23,25 +23,56 @@ const FAMILIES: &[&str] = &[
 ];
 
 async fn scrape(faas: &Faas) -> String {
-    faas.http.get(faas.url("/metrics")).send().await.unwrap().text().await.unwrap()
+    faas.http
+        .get(faas.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn a_scrape_after_traffic_passes_promtool_and_has_every_family() {
-    let faas = Faas::start_with(&[("REAPER_POLL_EVERY", "200ms"), ("REAPER_TIME_TO_LIVE", "1s")]).await;
-    assert_eq!(faas.deploy("m", &script("tests/functions/tool.py"), "", 0).await.0, 200);
+    let faas = Faas::start_with(&[
+        ("REAPER_POLL_EVERY", "200ms"),
+        ("REAPER_TIME_TO_LIVE", "1s"),
+    ])
+    .await;
+    assert_eq!(
+        faas.deploy("m", &script("tests/functions/tool.py"), "", 0)
+            .await
+            .0,
+        200
+    );
     for _ in 0..3 {
         assert_eq!(faas.call("/gateway/m/version").await.0, 200);
     }
     assert_eq!(faas.call("/gateway/nope/").await.0, 404);
-    assert!(faas.wait_status("m", "replicas", Duration::from_secs(10), |v| v == 0).await);
+    assert!(
+        faas.wait_status("m", "replicas", Duration::from_secs(10), |v| v == 0)
+            .await
+    );
     let text = scrape(&faas).await;
     for family in FAMILIES {
-        assert!(text.contains(&format!("# TYPE {family} ")), "{family} missing:\n{text}");
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing:\n{text}"
+        );
     }
-    assert!(text.contains("faas_gateway_requests_total{code=\"200\",function=\"m\"} 3"), "{text}");
-    assert!(text.contains("faas_cold_starts_total{function=\"m\",outcome=\"ready\"} 1"), "{text}");
-    assert!(text.contains("faas_admin_requests_total{code=\"200\",operation=\"deploy\"} 1"), "{text}");
+    assert!(
+        text.contains("faas_gateway_requests_total{code=\"200\",function=\"m\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("faas_cold_starts_total{function=\"m\",outcome=\"ready\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("faas_admin_requests_total{code=\"200\",operation=\"deploy\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("faas_reaper_scale_downs_total 1"), "{text}");
 
     let mut promtool = Command::new(tool("promtool"))
@@ -51,7 +82,12 @@ async fn a_scrape_after_traffic_passes_promtool_and_has_every_family() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (install it with ./dev setup)");
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = promtool.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -64,10 +100,18 @@ async fn a_scrape_after_traffic_passes_promtool_and_has_every_family() {
 #[tokio::test]
 async fn a_deleted_functions_series_disappear() {
     let faas = Faas::start().await;
-    assert_eq!(faas.deploy("gone", &script("tests/functions/tool.py"), "", 1).await.0, 200);
+    assert_eq!(
+        faas.deploy("gone", &script("tests/functions/tool.py"), "", 1)
+            .await
+            .0,
+        200
+    );
     assert_eq!(faas.call("/gateway/gone/version").await.0, 200);
     assert!(scrape(&faas).await.contains("function=\"gone\""));
-    assert_eq!(faas.admin("DELETE", "/admin/functions/gone", None).await.0, 204);
+    assert_eq!(
+        faas.admin("DELETE", "/admin/functions/gone", None).await.0,
+        204
+    );
     let text = scrape(&faas).await;
     assert!(!text.contains("function=\"gone\""), "{text}");
 }
@@ -75,7 +119,12 @@ async fn a_deleted_functions_series_disappear() {
 #[tokio::test]
 async fn a_real_prometheus_scrapes_the_request_count() {
     let faas = Faas::start().await;
-    assert_eq!(faas.deploy("scraped", &script("tests/functions/tool.py"), "", 1).await.0, 200);
+    assert_eq!(
+        faas.deploy("scraped", &script("tests/functions/tool.py"), "", 1)
+            .await
+            .0,
+        200
+    );
     for _ in 0..7 {
         assert_eq!(faas.call("/gateway/scraped/version").await.0, 200);
     }
@@ -92,7 +141,10 @@ async fn a_real_prometheus_scrapes_the_request_count() {
     let port = harness::free_port();
     let mut prom = Command::new(tool("prometheus"))
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())

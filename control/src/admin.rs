@@ -116,6 +116,8 @@ impl Admin {
 
     /// Serves one admin request.
     pub async fn handle(&self, req: AdminRequest<'_>) -> AdminResponse {
+        // Just restarted: answer about functions once they are back.
+        self.registry.wait_restored(self.cfg.deploy_timeout).await;
         let rest = req.path.strip_prefix("/admin").unwrap_or(req.path);
         let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
         match (req.method, segments.as_slice()) {

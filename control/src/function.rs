@@ -102,6 +102,24 @@ pub struct FunctionDef {
 }
 
 impl FunctionSpec {
+    /// A spec with every option at its default and no replicas (tests, benchmarks).
+    pub fn named(name: &str) -> Self {
+        FunctionSpec {
+            name: name.to_string(),
+            user: None,
+            replicas: 0,
+            min_replicas: 0,
+            max_replicas: DEFAULT_MAX_REPLICAS,
+            target_concurrency: None,
+            max_concurrency: None,
+            idle_timeout_ms: None,
+            metadata: ScriptMetadata::default(),
+            version: 1,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
     /// The idle timeout of this function, if it overrides the global one.
     pub fn idle_timeout(&self) -> Option<Duration> {
         self.idle_timeout_ms.map(Duration::from_millis)

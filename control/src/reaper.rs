@@ -65,22 +65,12 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::function::FunctionSpec;
-    use crate::pep723::ScriptMetadata;
 
     fn spec(replicas: u32, min: u32) -> FunctionSpec {
         FunctionSpec {
-            name: "f".into(),
-            user: None,
             replicas,
             min_replicas: min,
-            max_replicas: 3,
-            target_concurrency: None,
-            max_concurrency: None,
-            idle_timeout_ms: None,
-            metadata: ScriptMetadata::default(),
-            version: 1,
-            created_at_ms: 0,
-            updated_at_ms: 0,
+            ..FunctionSpec::named("f")
         }
     }
 

@@ -74,6 +74,8 @@ struct Inner {
     table: ArcSwap<HashMap<String, Arc<FnEntry>>>,
     edit: Mutex<()>,
     scale_tx: mpsc::UnboundedSender<ScaleRequest>,
+    /// True once the runtime has brought back the functions of an earlier run.
+    restored: watch::Sender<bool>,
 }
 
 // === impl Registry ===
@@ -86,6 +88,7 @@ impl Registry {
             table: ArcSwap::from_pointee(HashMap::new()),
             edit: Mutex::new(()),
             scale_tx,
+            restored: watch::Sender::new(false),
         };
         (
             Registry {
@@ -93,6 +96,23 @@ impl Registry {
             },
             rx,
         )
+    }
+
+    /// Marks the functions of an earlier run as restored (or given up on).
+    pub fn set_restored(&self) {
+        self.inner.restored.send_replace(true);
+    }
+
+    /// Waits (at most `timeout`) until the functions of an earlier run are restored, so that a
+    /// request arriving just after a restart does not see a known function as missing.
+    pub async fn wait_restored(&self, timeout: std::time::Duration) {
+        let mut rx = self.inner.restored.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|r| *r)).await;
+    }
+
+    /// Whether the functions of an earlier run are restored.
+    pub fn is_restored(&self) -> bool {
+        *self.inner.restored.borrow()
     }
 
     /// The function called `name`, if any. Lock-free.
@@ -366,22 +386,11 @@ impl FnEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pep723::ScriptMetadata;
 
-    pub(crate) fn spec(name: &str) -> FunctionSpec {
+    fn spec(name: &str) -> FunctionSpec {
         FunctionSpec {
-            name: name.into(),
-            user: None,
-            replicas: 0,
-            min_replicas: 0,
             max_replicas: 3,
-            target_concurrency: None,
-            max_concurrency: None,
-            idle_timeout_ms: None,
-            metadata: ScriptMetadata::default(),
-            version: 1,
-            created_at_ms: 0,
-            updated_at_ms: 0,
+            ..FunctionSpec::named(name)
         }
     }
 

@@ -150,7 +150,15 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let path = session.req_header().uri.path();
         if let Some(route) = routes::split(&self.cfg.path_prefix, path) {
-            let Some(entry) = self.registry.get(route.name) else {
+            let mut found = self.registry.get(route.name);
+            if found.is_none() && !self.registry.is_restored() {
+                // Just restarted: the function may be on its way back.
+                self.registry
+                    .wait_restored(self.cfg.activation_timeout)
+                    .await;
+                found = self.registry.get(route.name);
+            }
+            let Some(entry) = found else {
                 let msg = format!("no function named {:?} is deployed", route.name);
                 respond::error(session, 404, &msg, &[]).await?;
                 // true: the response is already written

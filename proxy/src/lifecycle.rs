@@ -61,6 +61,7 @@ impl BackgroundService for Lifecycle {
             Ok(_) => {}
             Err(e) => log::error!("could not restore stored functions: {e}"),
         }
+        self.registry.set_restored();
         let rx = self
             .scale_rx
             .lock()

@@ -216,8 +216,8 @@ class Emulator(kmock.KubernetesEmulator):
     reactions write instead, keeping kmock's object store and buses.
     """
 
-    # Every request as `METHOD path?query content-type`, one per line: the tests check the
-    # gateway's calls against the RBAC rules of its Helm chart.
+    # Every request as `METHOD path?query content-type user-agent`, one per line: the tests
+    # check the gateway's calls against the RBAC rules of its Helm chart.
     audit_log: pathlib.Path | None = None
     changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _revision: int = attrs.field(default=0, init=False)
@@ -320,7 +320,8 @@ class Emulator(kmock.KubernetesEmulator):
         if self.audit_log is not None:
             content_type = request.headers.get('Content-Type', '-').split(';')[0]
             with self.audit_log.open('a') as f:
-                f.write(f'{request.method.value} {request.url.path_qs} {content_type}\n')
+                agent = request.headers.get('User-Agent', '-').replace(' ', '_')
+                f.write(f'{request.method.value} {request.url.path_qs} {content_type} {agent}\n')
         # Skip KubernetesEmulator._handle's own writes: the reactions below do them.
         try:
             return await super(kmock.KubernetesEmulator, self)._handle(request)

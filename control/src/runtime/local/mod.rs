@@ -138,12 +138,18 @@ impl LocalRuntime {
 
     fn register(&self, def: FunctionDef, script: PathBuf) -> LocalFn {
         let entry = self.inner.registry.insert(def.spec.clone());
+        LocalFn::new(def, script, entry, Arc::new(LogBuf::new(LOG_LINES)))
+    }
+}
+
+impl LocalFn {
+    fn new(def: FunctionDef, script: PathBuf, entry: Arc<FnEntry>, logs: Arc<LogBuf>) -> Self {
         LocalFn {
             env: Arc::new(def.env.clone()),
             def,
             script,
             replicas: Vec::new(),
-            logs: Arc::new(LogBuf::new(LOG_LINES)),
+            logs,
             entry,
         }
     }
@@ -163,20 +169,20 @@ async fn stop_all(replicas: Vec<Replica>) {
 impl Runtime for LocalRuntime {
     async fn restore(&self) -> Result<Vec<String>> {
         let defs = self.inner.store.load_all();
-        let entries = self.inner.registry.insert_all(defs.iter().map(|d| d.spec.clone()).collect());
+        let entries = self
+            .inner
+            .registry
+            .insert_all(defs.iter().map(|d| d.spec.clone()).collect());
         let mut names = Vec::with_capacity(defs.len());
         for (def, entry) in defs.into_iter().zip(entries) {
             let name = def.spec.name.clone();
-            let script = self.inner.store.version_dir(&name, def.spec.version).join("main.py");
+            let script = self
+                .inner
+                .store
+                .version_dir(&name, def.spec.version)
+                .join("main.py");
             let replicas = def.spec.replicas;
-            let mut f = LocalFn {
-                env: Arc::new(def.env.clone()),
-                def,
-                script,
-                replicas: Vec::new(),
-                logs: Arc::new(LogBuf::new(LOG_LINES)),
-                entry,
-            };
+            let mut f = LocalFn::new(def, script, entry, Arc::new(LogBuf::new(LOG_LINES)));
             let ctx = self.ctx(&f);
             f.replicas = self.start_replicas(&ctx, replicas);
             if replicas > 0 {
@@ -247,14 +253,7 @@ impl Runtime for LocalRuntime {
             self.inner.store.remove_version(&name, def.spec.version);
             return Err(e);
         }
-        let mut next = LocalFn {
-            env: Arc::new(def.env.clone()),
-            def,
-            script,
-            replicas: Vec::new(),
-            logs: f.logs.clone(),
-            entry: f.entry.clone(),
-        };
+        let mut next = LocalFn::new(def, script, f.entry.clone(), f.logs.clone());
         let ctx = self.ctx(&next);
         // Keep at least the serving capacity of the old version while switching.
         let n = next.def.spec.replicas;
