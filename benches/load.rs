@@ -271,16 +271,24 @@ async fn main() {
     let state = tempfile::tempdir().unwrap();
     populate(state.path(), 10_000);
     let many = Faas::start_in(state, &[]).await;
-    let list: serde_json::Value = many
-        .http
-        .get(many.url("/admin/functions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let registered = list["functions"].as_array().map_or(0, |a| a.len());
+    // /health answers before the stored functions are back: wait for all of them.
+    let mut registered = 0;
+    for _ in 0..600 {
+        let list: serde_json::Value = many
+            .http
+            .get(many.url("/admin/functions"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        registered = list["functions"].as_array().map_or(0, |a| a.len());
+        if registered == 10_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let many_rss = many.rss_kib();
     drop(many);
