@@ -34,11 +34,18 @@ async fn scale_to_zero(faas: &Faas, name: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    while faas.status(name).await["ready_replicas"] != 0 {
+    while faas.status(name, "ready_replicas").await != 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Let the stopped process go away entirely.
     tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// Deploys the script at `path`; the benchmark needs it deployed.
+pub async fn deploy(faas: &Faas, name: &str, path: &Path, dot_file: &str, replica: u32) {
+    let script = std::fs::read_to_string(path).unwrap();
+    let (status, reply) = faas.deploy(name, &script, dot_file, replica).await;
+    assert_eq!(status, 200, "deploying {name}: {reply}");
 }
 
 /// Starts the script with `uv run --script` and polls it until it answers; the time it took.
@@ -83,14 +90,19 @@ async fn main() {
     let iterations = env_num("BENCH_ITERATIONS", 20);
     let burst = env_num("BENCH_BURST", 1000);
     let hello = repo().join("examples/hello/main.py");
-    let faas = Faas::start(&[("FAAS_ACTIVATION_MAX_PENDING", "5000")]).await;
+    let faas = Faas::start_with(&[
+        ("FAAS_ACTIVATION_MAX_PENDING", "5000"),
+        ("REAPER_TIME_TO_LIVE", "1h"),
+        ("LOG_LEVEL", "warn"),
+    ])
+    .await;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
 
     eprintln!("== cold start: {iterations} rounds each, gateway from zero and direct `uv run`");
-    faas.deploy("hello", &hello, "", 1).await;
+    deploy(&faas, "hello", &hello, "", 1).await;
     let (mut gateway, mut direct) = (Vec::new(), Vec::new());
     for i in 0..iterations {
         scale_to_zero(&faas, "hello").await;
@@ -111,14 +123,9 @@ async fn main() {
     let (d50, d95) = stats(direct);
 
     eprintln!("== burst: {burst} concurrent requests at a function at zero (1 s start)");
-    faas.deploy(
-        "burst",
-        &repo().join("benches/functions/slow_start.py"),
-        "",
-        0,
-    )
-    .await;
-    let pid = faas.child.id();
+    let slow = repo().join("benches/functions/slow_start.py");
+    deploy(&faas, "burst", &slow, "", 0).await;
+    let pid = faas.pid() as u32;
     let baseline = rss_kib(pid, "VmRSS:");
     let before = faas
         .metric("faas_cold_starts_total{function=\"burst\",outcome=\"ready\"}")

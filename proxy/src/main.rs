@@ -20,10 +20,6 @@ use proxy::lifecycle::Lifecycle;
 use proxy::metrics::Metrics;
 use proxy::signals::Signals;
 
-/// mimalloc: less fragmentation and faster small allocations than glibc under many connections.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "faas",

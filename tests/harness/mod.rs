@@ -71,7 +71,11 @@ impl Faas {
 
     /// Starts `faas` with extra environment variables.
     pub async fn start_with(env: &[(&str, &str)]) -> Faas {
-        let tmp = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), env).await
+    }
+
+    /// Starts `faas` whose state directory is `<tmp>/state` (which may be filled already).
+    pub async fn start_in(tmp: tempfile::TempDir, env: &[(&str, &str)]) -> Faas {
         let mut f = Faas {
             child: None,
             port: free_port(),
@@ -98,7 +102,10 @@ impl Faas {
             .open(&self.log)
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_faas"));
-        cmd.arg("serve");
+        // The configuration that ships (Pingora threads, keepalive pool), as a user runs it.
+        cmd.arg("serve")
+            .arg("--conf")
+            .arg(repo().join("conf/faas.yaml"));
         // The rest of the environment (certificates, uv's cache) passes through; our own
         // settings come only from the test.
         for (k, _) in std::env::vars() {
@@ -186,6 +193,17 @@ impl Faas {
             .await
             .expect("gateway request");
         (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// Its resident memory now, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// The process id of `faas`.
