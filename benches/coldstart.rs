@@ -119,6 +119,10 @@ async fn main() {
             direct[i]
         );
     }
+    // The rounds alternate gateway and direct, so each pair shares the machine's momentary
+    // state: the median of the paired differences is the overhead's robust estimate.
+    let paired: Vec<f64> = gateway.iter().zip(&direct).map(|(g, d)| g - d).collect();
+    let (o50, o95) = stats(paired);
     let (g50, g95) = stats(gateway);
     let (d50, d95) = stats(direct);
 
@@ -178,7 +182,8 @@ async fn main() {
          |---|---:|---:|\n\
          | direct: `uv run --script` until it first answers | {d50:.1} ms | {d95:.1} ms |\n\
          | through the gateway from zero replicas | {g50:.1} ms | {g95:.1} ms |\n\
-         | overhead of the gateway | {:.1} ms | {:.1} ms |\n\n\
+         | overhead: difference of the medians above | {:.1} ms | {:.1} ms |\n\
+         | overhead: paired, gateway minus direct in the same round | {o50:.1} ms | {o95:.1} ms |\n\n\
          | burst at a function at zero (1 s start) | result |\n\
          |---|---:|\n\
          | requests | {burst} |\n\
@@ -199,9 +204,9 @@ async fn main() {
     );
     println!("\n{table}");
     println!(
-        "targets: overhead <= 10 ms median: {}; stdlib cold start <= 150 ms median: {}; \
+        "targets: overhead <= 10 ms median (paired): {}; stdlib cold start <= 150 ms median: {}; \
          100 % success: {}; one activation: {}; <= 16 KiB per held request: {}",
-        verdict(g50 - d50 <= 10.0),
+        verdict(o50 <= 10.0),
         verdict(g50 <= 150.0),
         verdict(ok == burst),
         verdict(activations == 1.0),
