@@ -10,7 +10,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use common::{env_num, free_port, machine, repo, rss_kib, verdict, write_section, Faas};
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_proxy::{ProxyHttp, Session};
 
 /// `faas` for measuring: no per-request logging, nothing reaped meanwhile.
 const QUIET: &[(&str, &str)] = &[("LOG_LEVEL", "warn"), ("REAPER_TIME_TO_LIVE", "1h")];
@@ -82,6 +87,45 @@ fn start_nginx_proxy(port: u16, upstream: u16) -> Proc {
         .unwrap();
     wait_port(port);
     Proc { child, _dir: dir }
+}
+
+/// A bare Pingora proxy (only `upstream_peer`, the shipped thread and pool settings): the floor
+/// under our gateway, to split Pingora's cost from ours.
+struct Bare {
+    upstream: std::net::SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora_core::Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+/// Runs the bare Pingora proxy on a thread of this process.
+fn start_bare_pingora(port: u16, upstream: u16) {
+    std::thread::spawn(move || {
+        let conf =
+            ServerConf::from_yaml(&std::fs::read_to_string(repo().join("conf/faas.yaml")).unwrap())
+                .unwrap();
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+        let bare = Bare {
+            upstream: ([127, 0, 0, 1], upstream).into(),
+        };
+        let mut svc = pingora_proxy::http_proxy_service(&server.configuration, bare);
+        svc.add_tcp(&format!("127.0.0.1:{port}"));
+        server.add_service(svc);
+        server.run(RunArgs::default());
+    });
+    wait_port(port);
 }
 
 /// haproxy with connection reuse to the upstream, one thread per core.
@@ -222,8 +266,10 @@ async fn main() {
     let (nginx_port, haproxy_port) = (free_port(), free_port());
     let nginx = start_nginx_proxy(nginx_port, upstream);
     let haproxy = start_haproxy(haproxy_port, upstream);
+    let bare_port = free_port();
+    start_bare_pingora(bare_port, upstream);
 
-    let targets: [(&str, String, Option<u32>); 4] = [
+    let targets: [(&str, String, Option<u32>); 5] = [
         (
             "upstream direct",
             format!("http://127.0.0.1:{upstream}/"),
@@ -238,6 +284,11 @@ async fn main() {
             "haproxy",
             format!("http://127.0.0.1:{haproxy_port}/"),
             Some(haproxy.child.id()),
+        ),
+        (
+            "bare Pingora 0.9",
+            format!("http://127.0.0.1:{bare_port}/"),
+            None,
         ),
         (
             "faas gateway",
@@ -303,7 +354,7 @@ async fn main() {
             r.rps, r.p50_ms, r.p99_ms, r.errors
         ));
     }
-    table.push_str("\n| connections | throughput gateway/nginx | p99 gateway/nginx | gateway/haproxy throughput |\n|---:|---:|---:|---:|\n");
+    table.push_str("\n| connections | throughput gateway/nginx | p99 gateway/nginx | gateway/haproxy throughput | gateway/bare Pingora throughput |\n|---:|---:|---:|---:|---:|\n");
     let mut verdicts = Vec::new();
     for &c in &concurrencies {
         let get = |n: &str| {
@@ -313,11 +364,13 @@ async fn main() {
                 .unwrap_or_default()
         };
         let (g, n, h) = (get("faas gateway"), get("nginx"), get("haproxy"));
+        let b = get("bare Pingora 0.9");
         table.push_str(&format!(
-            "| {c} | {:.2} | {:.2} | {:.2} |\n",
+            "| {c} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
             g.rps / n.rps.max(1.0),
             g.p99_ms / n.p99_ms.max(0.001),
-            g.rps / h.rps.max(1.0)
+            g.rps / h.rps.max(1.0),
+            g.rps / b.rps.max(1.0)
         ));
         verdicts.push(format!(
             "{c} connections: throughput >= 1.0 x nginx {}, p99 <= nginx {}, 0 errors {}",
