@@ -314,3 +314,35 @@ async fn scaling_down_lets_inflight_requests_finish() {
         (200, "v1".into())
     );
 }
+
+#[tokio::test]
+async fn deleting_a_function_answers_its_held_requests_with_404() {
+    let faas = Faas::start_with(&[("FAAS_ACTIVATION_TIMEOUT", "60s")]).await;
+    assert_eq!(
+        faas.deploy("doomed", &script("tests/functions/never_ready.py"), "", 0)
+            .await
+            .0,
+        200
+    );
+    let (http, url) = (faas.http.clone(), faas.url("/gateway/doomed/"));
+    let held = tokio::spawn(async move {
+        let r = http.get(url).send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    });
+    assert!(
+        faas.wait_status("doomed", "pending", Duration::from_secs(10), |v| v == 1)
+            .await
+    );
+    assert_eq!(
+        faas.admin("DELETE", "/admin/functions/doomed", None)
+            .await
+            .0,
+        204
+    );
+    let (status, body) = held.await.unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("deleted"),
+        "{body}"
+    );
+}

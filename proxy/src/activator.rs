@@ -93,6 +93,11 @@ pub async fn acquire(
     tokio::select! {
         waited = tokio::time::timeout(bounds.timeout, wait) => match waited {
             Ok(Ok(ep)) => Ok(ep),
+            Ok(Err(Some(_))) if registry.get(&entry.name).is_none() => Err(refusal(
+                404,
+                format!("function {:?} was deleted while the request waited", entry.name),
+                None,
+            )),
             Ok(Err(Some(why))) => Err(refusal(
                 502,
                 format!("function {:?} could not start: {why}", entry.name),

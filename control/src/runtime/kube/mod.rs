@@ -42,6 +42,10 @@ struct Inner {
     /// Created on first use, inside the runtime of the caller (a background service at start).
     client: OnceCell<Client>,
     defs: Mutex<HashMap<String, FunctionDef>>,
+    /// The EndpointSlice reflector's store, once the watch runs.
+    slices: std::sync::OnceLock<
+        kube::runtime::reflector::Store<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    >,
 }
 
 fn kube_err(context: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
@@ -65,6 +69,7 @@ impl KubeRuntime {
                 deploy_timeout: cfg.deploy_timeout,
                 client: OnceCell::new(),
                 defs: Mutex::new(HashMap::new()),
+                slices: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -198,9 +203,17 @@ impl KubeRuntime {
     }
 
     fn remember(&self, def: FunctionDef) {
+        let name = def.spec.name.clone();
         self.inner.registry.insert(def.spec.clone());
-        let mut defs = self.inner.defs.lock().unwrap_or_else(|p| p.into_inner());
-        defs.insert(def.spec.name.clone(), def);
+        self.inner
+            .defs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), def);
+        // Its slices may have been seen before it was known.
+        if let Some(store) = self.inner.slices.get() {
+            watch::sync_service(self, store, &name);
+        }
     }
 
     fn forget(&self, name: &str) {
@@ -266,6 +279,9 @@ fn secret_env(s: Secret) -> Vec<(String, String)> {
 #[async_trait]
 impl Runtime for KubeRuntime {
     async fn restore(&self) -> Result<Vec<String>> {
+        // Watch first: if the list below fails (API server briefly away), the Deployment
+        // watcher still adopts every managed function once it connects.
+        watch::spawn(self.clone(), self.client().await?);
         let api = self.api::<Deployment>().await?;
         let list = api
             .list(&ListParams::default().labels(&format!("{MANAGED}=true")))
@@ -286,7 +302,6 @@ impl Runtime for KubeRuntime {
                 Err(e) => log::warn!("skipping a managed deployment: {e}"),
             }
         }
-        watch::spawn(self.clone(), self.client().await?);
         Ok(names)
     }
 

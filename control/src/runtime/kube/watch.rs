@@ -76,7 +76,8 @@ pub fn ready_endpoints<'a>(
     out
 }
 
-fn sync_service(rt: &KubeRuntime, store: &Store<EndpointSlice>, service: &str) {
+/// Publishes the ready endpoints of `service` from the store into the registry.
+pub(super) fn sync_service(rt: &KubeRuntime, store: &Store<EndpointSlice>, service: &str) {
     if let Some(entry) = rt.inner.registry.get(service) {
         let state = store.state();
         let addrs = ready_endpoints(state.iter().map(|s| s.as_ref()), service);
@@ -86,6 +87,7 @@ fn sync_service(rt: &KubeRuntime, store: &Store<EndpointSlice>, service: &str) {
 
 async fn endpoint_slices(rt: KubeRuntime, api: Api<EndpointSlice>) {
     let (store, writer) = reflector::store();
+    let _ = rt.inner.slices.set(store.clone());
     let config = watcher::Config::default().labels(SLICE_SERVICE);
     let mut events = reflector(writer, watcher(api, config))
         .default_backoff()
