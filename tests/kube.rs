@@ -262,6 +262,25 @@ async fn deploy_route_scale_to_zero_activate_and_rediscover_on_kubernetes() {
         (200, "on kubernetes".into())
     );
 
+    // Update: the Deployment rolls to the new version; every request meanwhile is answered.
+    let body = serde_json::json!({"dot_file": harness::b64_wrapped("VERSION=\"rolled\"\n")});
+    let (s, r) = faas.admin("PUT", "/admin/functions/kfn", Some(body)).await;
+    assert_eq!(s, 200, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, text) = faas.call("/gateway/kfn/version").await;
+        assert_eq!(status, 200, "during the rollout: {text}");
+        if text == "rolled" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never rolled to the new version:\n{}",
+            emu.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Logs come from the pods of the function.
     let logs = faas
         .http

@@ -181,9 +181,8 @@ impl Admin {
     async fn update(&self, name: &str, req: AdminRequest<'_>) -> AdminResponse {
         let op = "update";
         let result = async {
-            let current = self.runtime.get(name).await?;
-            let def = DeployRequest::from_json(req.body)?.apply_to(&current, now_ms())?;
-            self.runtime.update(def).await
+            let request = DeployRequest::from_json(req.body)?;
+            self.runtime.update(name, request).await
         }
         .await;
         match result {

@@ -302,6 +302,12 @@ pub fn check_bounds(spec: &FunctionSpec) -> Result<()> {
             spec.min_replicas, spec.max_replicas
         )));
     }
+    if spec.replicas < spec.min_replicas {
+        return Err(Error::BadRequest(format!(
+            "replicas ({}) are below min_replicas ({})",
+            spec.replicas, spec.min_replicas
+        )));
+    }
     if spec.replicas > spec.max_replicas {
         return Err(Error::BadRequest(format!(
             "replicas ({}) exceed max_replicas ({})",
@@ -380,6 +386,23 @@ mod tests {
     fn unknown_option_is_refused() {
         let e = DeployRequest::from_json(br#"{"script":"","option":{"replicas":2}}"#).unwrap_err();
         assert!(e.to_string().contains("replicas"), "{e}");
+    }
+
+    #[test]
+    fn replicas_must_fit_the_bounds() {
+        let mut spec = FunctionSpec::named("f");
+        spec.min_replicas = 1;
+        assert!(check_bounds(&spec)
+            .unwrap_err()
+            .to_string()
+            .contains("below min_replicas"));
+        spec.replicas = 11;
+        assert!(check_bounds(&spec)
+            .unwrap_err()
+            .to_string()
+            .contains("max_replicas"));
+        spec.replicas = 1;
+        assert!(check_bounds(&spec).is_ok());
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub enum Error {
     /// The function did not become ready in time.
     #[error("{0}")]
     Timeout(String),
+    /// The service cannot do it now (shutting down).
+    #[error("{0}")]
+    Unavailable(String),
     /// Our own fault (disk, process spawning, the cluster).
     #[error("{context}: {source}")]
     Internal {
@@ -60,6 +63,7 @@ impl Error {
             Error::Conflict(_) => 409,
             Error::Unprocessable(_) => 422,
             Error::Timeout(_) => 504,
+            Error::Unavailable(_) => 503,
             Error::Internal { .. } => 500,
         }
     }

@@ -7,7 +7,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::{ArcSwap, Guard};
@@ -46,7 +46,8 @@ pub struct FnEntry {
     /// Requests held waiting for a replica.
     pub pending: AtomicUsize,
     last_activity_ms: AtomicU64,
-    activating: AtomicBool,
+    /// When the pending activation was asked for (ms since the epoch), 0 when none is.
+    activating: AtomicU64,
     /// Requests one replica may serve at once (0: no limit).
     limit: AtomicUsize,
     /// Signalled when a limited replica frees a slot.
@@ -54,6 +55,9 @@ pub struct FnEntry {
     /// Per-function data the gateway attaches (its resolved metric handles), made on first use.
     pub ext: OnceLock<Box<dyn Any + Send + Sync>>,
 }
+
+/// How long an activation request stands before a new request may ask again.
+const ACTIVATION_RETRY_MS: u64 = 2_000;
 
 /// A request for a function's replica count, from the gateway to the control side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,9 +182,16 @@ impl Registry {
     /// Asks the control side for one activation of `entry` (scale 0 → 1). Only the first caller
     /// while an activation is under way sends the request; returns whether this call sent it.
     pub fn request_activation(&self, entry: &FnEntry) -> bool {
+        // An activation that produced neither an endpoint nor a failure (its replica was scaled
+        // away while starting, say) must not block the next one forever: it expires.
+        let now = crate::now_ms();
+        let asked = entry.activating.load(Ordering::Acquire);
+        if asked != 0 && now.saturating_sub(asked) < ACTIVATION_RETRY_MS {
+            return false;
+        }
         if entry
             .activating
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(asked, now, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             return false;
@@ -215,7 +226,7 @@ impl FnEntry {
             inflight: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             last_activity_ms: AtomicU64::new(crate::now_ms()),
-            activating: AtomicBool::new(false),
+            activating: AtomicU64::new(0),
             limit: AtomicUsize::new(spec.max_concurrency.unwrap_or(0) as usize),
             slot_freed: Notify::new(),
             ext: OnceLock::new(),
@@ -296,7 +307,7 @@ impl FnEntry {
 
     /// Publishes a newly ready endpoint and wakes held requests.
     pub fn add_endpoint(&self, ep: Arc<Endpoint>) {
-        self.activating.store(false, Ordering::Release);
+        self.activating.store(0, Ordering::Release);
         self.route.send_modify(|r| {
             let mut v: Vec<_> = r
                 .endpoints
@@ -340,7 +351,7 @@ impl FnEntry {
             true
         });
         if !addrs.is_empty() {
-            self.activating.store(false, Ordering::Release);
+            self.activating.store(0, Ordering::Release);
         }
     }
 
@@ -362,7 +373,7 @@ impl FnEntry {
 
     /// Reports that a start failed, waking held requests so that they can fail fast.
     pub fn publish_failure(&self, why: String) {
-        self.activating.store(false, Ordering::Release);
+        self.activating.store(0, Ordering::Release);
         self.route.send_modify(|r| r.failure = Some(why.into()));
     }
 

@@ -23,12 +23,20 @@ pub async fn run(
         let Some(entry) = registry.get(&req.name) else {
             continue;
         };
-        if entry.spec().replicas >= req.replicas {
+        let desired = entry.spec().replicas;
+        let runtime = runtime.clone();
+        let metrics = metrics.clone();
+        if desired >= req.replicas {
+            // It should have replicas but none is ready: let the runtime replace any that gave
+            // up (a no-op when they are merely starting).
+            tokio::spawn(async move {
+                if let Err(e) = runtime.scale(&req.name, desired).await {
+                    entry.publish_failure(format!("could not start {}: {e}", req.name));
+                }
+            });
             continue;
         }
         log::info!("activating {} (0 → {} replicas)", req.name, req.replicas);
-        let runtime = runtime.clone();
-        let metrics = metrics.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             if let Err(e) = runtime.scale(&req.name, req.replicas).await {

@@ -6,7 +6,7 @@ pub mod local;
 
 use async_trait::async_trait;
 
-use crate::function::FunctionDef;
+use crate::function::{DeployRequest, FunctionDef};
 use crate::Result;
 
 /// What the admin API, the reaper and the activator need from a runtime.
@@ -20,9 +20,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// On failure nothing of it is left behind.
     async fn create(&self, def: FunctionDef) -> Result<()>;
 
-    /// Replaces a function's script, environment or options. New replicas are ready before old
-    /// ones stop; on failure the old version keeps serving.
-    async fn update(&self, def: FunctionDef) -> Result<()>;
+    /// Applies an update request to a function (fields it lacks keep their value), computed
+    /// under the function's lock so that concurrent updates and scales do not overwrite each
+    /// other. New replicas are ready before old ones stop; on failure the old version serves on.
+    async fn update(&self, name: &str, req: DeployRequest) -> Result<()>;
 
     /// The stored definition of a function.
     async fn get(&self, name: &str) -> Result<FunctionDef>;

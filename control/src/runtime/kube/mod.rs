@@ -21,7 +21,7 @@ use tokio::sync::OnceCell;
 use self::objects::{names, MANAGED, SERVICE_ID, SPEC};
 use super::Runtime;
 use crate::config::{Config, KubeSettings};
-use crate::function::{parse_dot_file, FunctionDef, FunctionSpec};
+use crate::function::{parse_dot_file, DeployRequest, FunctionDef, FunctionSpec};
 use crate::registry::Registry;
 use crate::{Error, Result};
 
@@ -42,6 +42,8 @@ struct Inner {
     /// Created on first use, inside the runtime of the caller (a background service at start).
     client: OnceCell<Client>,
     defs: Mutex<HashMap<String, FunctionDef>>,
+    /// Serialises create, update and delete (each a handful of API calls).
+    edit: tokio::sync::Mutex<()>,
     /// The EndpointSlice reflector's store, once the watch runs.
     slices: std::sync::OnceLock<
         kube::runtime::reflector::Store<k8s_openapi::api::discovery::v1::EndpointSlice>,
@@ -70,6 +72,7 @@ impl KubeRuntime {
                 client: OnceCell::new(),
                 defs: Mutex::new(HashMap::new()),
                 slices: std::sync::OnceLock::new(),
+                edit: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -306,6 +309,7 @@ impl Runtime for KubeRuntime {
     }
 
     async fn create(&self, def: FunctionDef) -> Result<()> {
+        let _edit = self.inner.edit.lock().await;
         let name = def.spec.name.clone();
         if self.known(&name) {
             return Err(Error::Conflict(name));
@@ -337,11 +341,10 @@ impl Runtime for KubeRuntime {
         Ok(())
     }
 
-    async fn update(&self, def: FunctionDef) -> Result<()> {
-        let name = def.spec.name.clone();
-        if !self.known(&name) {
-            return Err(Error::NotFound(name));
-        }
+    async fn update(&self, name: &str, req: DeployRequest) -> Result<()> {
+        let _edit = self.inner.edit.lock().await;
+        let current = self.get(name).await?;
+        let def = req.apply_to(&current, crate::now_ms())?;
         // The Deployment rolls its pods (maxUnavailable 0): new ones are ready before old ones go.
         self.apply_all(&def).await?;
         self.remember(def);
@@ -356,6 +359,7 @@ impl Runtime for KubeRuntime {
     }
 
     async fn delete(&self, name: &str) -> Result<()> {
+        let _edit = self.inner.edit.lock().await;
         let known = self.known(name);
         let found = self.delete_all(name).await?;
         self.forget(name);

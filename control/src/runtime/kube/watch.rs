@@ -123,6 +123,15 @@ async fn deployments(rt: KubeRuntime, api: Api<Deployment>) {
     while let Some(event) = events.next().await {
         let dep = match event {
             Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) => d,
+            // Deleted from elsewhere (kubectl, another gateway): forget it here too.
+            Ok(watcher::Event::Delete(d)) => {
+                if let Some(name) = d.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_ID)) {
+                    if is_managed(&d.metadata) {
+                        rt.forget(name);
+                    }
+                }
+                continue;
+            }
             Ok(_) => continue,
             Err(e) => {
                 log::warn!("Deployment watch: {e}; retrying");

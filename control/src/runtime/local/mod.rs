@@ -7,7 +7,7 @@ mod uv;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use self::replica::{Replica, ReplicaCtx};
 use self::store::Store;
 use super::Runtime;
 use crate::config::Config;
-use crate::function::FunctionDef;
+use crate::function::{DeployRequest, FunctionDef};
 use crate::logbuf::LogBuf;
 use crate::registry::{FnEntry, Registry};
 use crate::{Error, Result};
@@ -42,6 +42,8 @@ struct Inner {
     drain_timeout: Duration,
     fns: Mutex<HashMap<String, Slot>>,
     next_replica: AtomicU64,
+    /// Set by `shutdown`: no replica starts after it.
+    stopping: AtomicBool,
 }
 
 /// A function's place in the runtime; `None` while it is being created or after deletion.
@@ -62,7 +64,14 @@ impl LocalRuntime {
     /// Opens the state directory and stops replicas left behind by an earlier run that died.
     pub fn new(cfg: &Config, registry: Registry) -> Result<Self> {
         let store = Store::open(&cfg.state_dir)?;
+        let ours = cfg.state_dir.to_string_lossy().into_owned();
         for pgid in store.take_stale_pids() {
+            // Only a group whose leader still runs one of our scripts: after a reboot the number
+            // may belong to anything.
+            let cmdline = std::fs::read(format!("/proc/{pgid}/cmdline")).unwrap_or_default();
+            if pgid <= 0 || !String::from_utf8_lossy(&cmdline).contains(&ours) {
+                continue;
+            }
             if killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok() {
                 log::warn!("stopped replica process group {pgid} left behind by an earlier run");
             }
@@ -76,6 +85,7 @@ impl LocalRuntime {
                 drain_timeout: cfg.shutdown_grace.mul_f32(0.6),
                 fns: Mutex::new(HashMap::new()),
                 next_replica: AtomicU64::new(1),
+                stopping: AtomicBool::new(false),
             }),
         })
     }
@@ -240,13 +250,17 @@ impl Runtime for LocalRuntime {
         }
     }
 
-    async fn update(&self, def: FunctionDef) -> Result<()> {
-        let name = def.spec.name.clone();
+    async fn update(&self, name: &str, req: DeployRequest) -> Result<()> {
+        let name = name.to_string();
         let slot = self.slot(&name)?;
         let mut guard = slot.lock().await;
         let f = guard
             .as_mut()
             .ok_or_else(|| Error::NotFound(name.clone()))?;
+        if self.inner.stopping.load(Ordering::Acquire) {
+            return Err(Error::Unavailable("faas is shutting down".into()));
+        }
+        let def = req.apply_to(&f.def, crate::now_ms())?;
         let old_version = f.def.spec.version;
         let script = self.inner.store.write_version(&def)?;
         if let Err(e) = uv::prepare(&self.inner.uv, &script, &name).await {
@@ -267,7 +281,13 @@ impl Runtime for LocalRuntime {
             next.entry.clear_failure();
             return Err(e);
         }
-        self.inner.store.commit(&next.def.spec)?;
+        if let Err(e) = self.inner.store.commit(&next.def.spec) {
+            stop_all(next.replicas).await;
+            self.inner
+                .store
+                .remove_version(&name, next.def.spec.version);
+            return Err(e);
+        }
         next.entry.set_spec(next.def.spec.clone());
         let old = std::mem::replace(f, next);
         stop_all(old.replicas).await;
@@ -301,9 +321,16 @@ impl Runtime for LocalRuntime {
         let f = guard
             .as_mut()
             .ok_or_else(|| Error::NotFound(name.to_string()))?;
-        f.def.spec.replicas = replicas;
-        self.inner.store.commit(&f.def.spec)?;
-        f.entry.set_spec(f.def.spec.clone());
+        if self.inner.stopping.load(Ordering::Acquire) {
+            return Err(Error::Unavailable("faas is shutting down".into()));
+        }
+        let mut spec = f.def.spec.clone();
+        spec.replicas = replicas;
+        self.inner.store.commit(&spec)?;
+        f.entry.set_spec(spec.clone());
+        f.def.spec = spec;
+        // A supervisor that gave up (no port, no process) is replaced.
+        f.replicas.retain(|r| r.alive());
         let have = f.replicas.len() as u32;
         if replicas > have {
             let ctx = self.ctx(f);
@@ -327,6 +354,7 @@ impl Runtime for LocalRuntime {
     }
 
     async fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
         let slots: Vec<Slot> = {
             let fns = self.inner.fns.lock().unwrap_or_else(|p| p.into_inner());
             fns.values().cloned().collect()

@@ -34,11 +34,12 @@ pub(super) struct ReplicaCtx {
     pub drain_timeout: Duration,
 }
 
-/// A running replica and the handle to stop it.
+/// A running replica and the handle to stop it. Dropping it stops it too (without waiting), so
+/// that no error path leaves a supervisor and its processes behind.
 pub(super) struct Replica {
     pub id: u64,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -53,14 +54,31 @@ impl Replica {
     pub fn start(ctx: ReplicaCtx, id: u64) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(supervise(ctx, id, stop_rx));
-        Replica { id, stop, task }
+        Replica {
+            id,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Whether its supervisor still runs (it gives up only when no port or process can be had).
+    pub fn alive(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// Withdraws the replica from routing, lets its in-flight requests finish (bounded by the
     /// drain timeout), then stops its whole process group.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
     }
 }
 
@@ -139,7 +157,9 @@ async fn supervise(ctx: ReplicaCtx, id: u64, mut stop: watch::Receiver<bool>) {
             }
         };
         // The group may outlive its leader (uv exits, python stays): clear it.
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        if pgid > 0 {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
         ctx.store.forget_pid(pgid);
         let status = status
             .map(|s| s.to_string())
