@@ -31,6 +31,8 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     replicas: IntGaugeVec,
     control: ControlMetrics,
+    /// One scrape at a time: a scrape resets and refills the gauges.
+    scrape: std::sync::Mutex<()>,
 }
 
 /// Buckets from 0.5 ms (proxying) to 60 s (cold starts held in the activator).
@@ -103,6 +105,7 @@ impl Metrics {
             queue_depth,
             replicas,
             control,
+            scrape: std::sync::Mutex::new(()),
         })
     }
 
@@ -142,6 +145,7 @@ impl Metrics {
 
     /// The text exposition of every metric, gauges read from `functions` now.
     pub fn render(&self, functions: &Functions) -> Vec<u8> {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let table = functions.snapshot();
         for g in [&self.inflight, &self.queue_depth, &self.replicas] {
             g.reset();
