@@ -227,6 +227,31 @@ async fn deploy_route_scale_to_zero_activate_and_rediscover_on_kubernetes() {
         (200, "on kubernetes".into())
     );
 
+    // The API server drops every watch (as on its restart): the route table stays, and the
+    // reflectors re-watch, as the scale-down below shows.
+    let watches = || {
+        let audit =
+            std::fs::read_to_string(emu.workdir.path().join("requests.log")).unwrap_or_default();
+        audit
+            .lines()
+            .filter(|l| l.contains("watch=true") && !l.ends_with(HARNESS_AGENT))
+            .count()
+    };
+    let before = watches();
+    let pid = nix::unistd::Pid::from_raw(emu.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).unwrap();
+    assert_eq!(
+        faas.call("/gateway/kfn/version").await,
+        (200, "on kubernetes".into())
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            watches() >= before + 2
+        })
+        .await,
+        "the gateway did not watch again after its watches were cut"
+    );
+
     // Idle: the reaper scales the Deployment to 0 through /scale.
     assert!(
         wait_until(Duration::from_secs(20), || async {

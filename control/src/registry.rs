@@ -256,13 +256,18 @@ impl FnEntry {
     /// is no endpoint, or every endpoint is at the function's concurrency limit. The slot is
     /// given back with [`FnEntry::release`].
     pub fn acquire(&self) -> Option<Arc<Endpoint>> {
+        self.acquire_avoiding(None)
+    }
+
+    /// [`FnEntry::acquire`], preferring any endpoint but replica `avoid` (the one a retry just
+    /// failed on) while another is ready.
+    pub fn acquire_avoiding(&self, avoid: Option<u64>) -> Option<Arc<Endpoint>> {
         let limit = self.limit.load(Ordering::Relaxed);
         let route = self.route.borrow();
         let least = || {
-            route
-                .endpoints
-                .iter()
-                .min_by_key(|e| e.inflight.load(Ordering::Relaxed))
+            let key =
+                |e: &&Arc<Endpoint>| (Some(e.replica) == avoid, e.inflight.load(Ordering::Relaxed));
+            route.endpoints.iter().min_by_key(key)
         };
         if limit == 0 {
             let ep = least()?;
@@ -439,8 +444,18 @@ mod tests {
         assert_eq!(got.replica, 2);
         assert_eq!(got.inflight.load(Ordering::Relaxed), 2);
         e.release(&got);
+        assert_eq!(
+            e.acquire_avoiding(Some(2)).unwrap().replica,
+            1,
+            "a retry avoids the failed one"
+        );
         e.remove_endpoint(2);
         assert_eq!(e.acquire().unwrap().replica, 1);
+        assert_eq!(
+            e.acquire_avoiding(Some(1)).unwrap().replica,
+            1,
+            "unless it is the only one"
+        );
     }
 
     #[test]

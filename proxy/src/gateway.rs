@@ -192,12 +192,13 @@ impl ProxyHttp for Gateway {
         let Some(entry) = ctx.entry.clone() else {
             return Error::e_explain(ErrorType::InternalError, "no function chosen");
         };
-        // A retry: give back the replica of the failed attempt.
-        if let Some(old) = ctx.endpoint.take() {
+        // A retry: give back the replica of the failed attempt, and try another one if any.
+        let failed = ctx.endpoint.take().map(|old| {
             entry.release(&old);
-        }
+            old.replica
+        });
         ctx.attempts += 1;
-        let ep = match entry.acquire() {
+        let ep = match entry.acquire_avoiding(failed) {
             Some(ep) => ep,
             None => {
                 // Slow path: hold the request. A body-less request notices its client leaving.

@@ -564,6 +564,16 @@ class Emulator(kmock.KubernetesEmulator):
             await bus.unmark(marker)
 
 
+def pre_stop_seconds(template: str) -> float:
+    """The `sleep N` of the first container's preStop exec hook in a pod template (JSON), at most 5."""
+    containers = json.loads(template).get('spec', {}).get('containers') or [{}]
+    command = (((containers[0].get('lifecycle') or {}).get('preStop') or {}).get('exec') or {}).get('command') or []
+    if len(command) == 2 and command[0] == 'sleep':
+        with contextlib.suppress(ValueError):
+            return min(float(command[1]), 5.0)
+    return 0.0
+
+
 def scale_of(deployment: Object) -> Object:
     """The ``autoscaling/v1`` Scale of a Deployment."""
     meta, spec, status = deployment['metadata'], deployment['spec'], deployment.get('status') or {}
@@ -777,12 +787,18 @@ class Controller:
         for replica in doomed:
             replicas.remove(replica)
             await self._unpublish(key[0], replica)
-            self._terminate_later(replica)
+            # As the kubelet does: the preStop hook runs (endpoints are already withdrawn), then
+            # SIGTERM; in-flight requests finish meanwhile. An exited process has nothing to wait for.
+            delay = pre_stop_seconds(replica.template) if replica.process.returncode is None else 0
+            self._terminate_later(replica, delay)
             await self.api.discard(PODS, key[0], pod_name(key[1], replica.number))
             log.info('%s/%s: stopping replica r%d', *key, replica.number)
 
-    def _terminate_later(self, replica: Replica) -> None:
-        task = asyncio.create_task(terminate(replica.process))
+    def _terminate_later(self, replica: Replica, delay: float = 0) -> None:
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            await terminate(replica.process)
+        task = asyncio.create_task(later())
         self._terminations.add(task)
         task.add_done_callback(self._terminations.discard)
 
@@ -884,6 +900,16 @@ async def serve(args: argparse.Namespace) -> None:
     async with Emulator(audit_log=workdir / 'requests.log') as api, kmock.Server(api, host=args.host, port=args.port) as server:
         controller = Controller(api, args.uv, workdir)
         reconciling = asyncio.create_task(controller.run())
+        # SIGUSR1 cuts every open watch, as an API server restart would: clients must re-watch.
+        drops: set[asyncio.Task[None]] = set()
+
+        def drop_watches() -> None:
+            log.info('dropping every watch')
+            task = asyncio.create_task(api.end_watches())
+            drops.add(task)
+            task.add_done_callback(drops.discard)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, drop_watches)
         log.info('serving on %s:%d, workdir %s', args.host, server.port, workdir)
         print(f'READY {server.port}', flush=True)
         try:
