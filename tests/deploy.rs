@@ -295,15 +295,7 @@ async fn a_crashed_replica_is_restarted() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(answered, "{}", faas.log_text());
-    let logs = faas
-        .http
-        .get(faas.url("/admin/functions/crashy/logs"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, logs) = faas.call("/admin/functions/crashy/logs").await;
     assert!(
         logs.contains("crashing on request") && logs.contains("restarting"),
         "{logs}"

@@ -23,14 +23,7 @@ const FAMILIES: &[&str] = &[
 ];
 
 async fn scrape(faas: &Faas) -> String {
-    faas.http
-        .get(faas.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    faas.call("/metrics").await.1
 }
 
 #[tokio::test]

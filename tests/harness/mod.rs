@@ -296,15 +296,7 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
 impl Faas {
     /// The value of one series from `/metrics` (`name{labels}` exactly as exposed), 0 if absent.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let (_, text) = self.call("/metrics").await;
         text.lines()
             .find_map(|l| {
                 l.strip_prefix(series)
