@@ -35,12 +35,8 @@ async fn functions_survive_a_restart_with_their_replica_count() {
 #[tokio::test]
 async fn sigterm_finishes_inflight_requests_then_stops_every_replica() {
     let mut faas = Faas::start_with(&[("FAAS_SHUTDOWN_GRACE", "8s")]).await;
-    assert_eq!(
-        faas.deploy("slow", &script("tests/functions/tool.py"), "", 2)
-            .await
-            .0,
-        200
-    );
+    faas.deploy_ok("slow", "tests/functions/tool.py", "", 2)
+        .await;
     assert!(!faas.replica_processes().is_empty());
     let url = faas.url("/gateway/slow/slow?s=1.5");
     let http = faas.http.clone();

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{script, tool, Faas};
+use harness::{tool, Faas};
 use serde_json::Value;
 
 /// Every series family DESIGN.md promises.
@@ -33,12 +33,7 @@ async fn a_scrape_after_traffic_passes_promtool_and_has_every_family() {
         ("REAPER_TIME_TO_LIVE", "1s"),
     ])
     .await;
-    assert_eq!(
-        faas.deploy("m", &script("tests/functions/tool.py"), "", 0)
-            .await
-            .0,
-        200
-    );
+    faas.deploy_ok("m", "tests/functions/tool.py", "", 0).await;
     for _ in 0..3 {
         assert_eq!(faas.call("/gateway/m/version").await.0, 200);
     }
@@ -93,12 +88,8 @@ async fn a_scrape_after_traffic_passes_promtool_and_has_every_family() {
 #[tokio::test]
 async fn a_deleted_functions_series_disappear() {
     let faas = Faas::start().await;
-    assert_eq!(
-        faas.deploy("gone", &script("tests/functions/tool.py"), "", 1)
-            .await
-            .0,
-        200
-    );
+    faas.deploy_ok("gone", "tests/functions/tool.py", "", 1)
+        .await;
     assert_eq!(faas.call("/gateway/gone/version").await.0, 200);
     assert!(scrape(&faas).await.contains("function=\"gone\""));
     assert_eq!(
@@ -112,12 +103,8 @@ async fn a_deleted_functions_series_disappear() {
 #[tokio::test]
 async fn a_real_prometheus_scrapes_the_request_count() {
     let faas = Faas::start().await;
-    assert_eq!(
-        faas.deploy("scraped", &script("tests/functions/tool.py"), "", 1)
-            .await
-            .0,
-        200
-    );
+    faas.deploy_ok("scraped", "tests/functions/tool.py", "", 1)
+        .await;
     for _ in 0..7 {
         assert_eq!(faas.call("/gateway/scraped/version").await.0, 200);
     }

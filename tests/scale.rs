@@ -16,12 +16,8 @@ const FAST_REAPER: &[(&str, &str)] = &[
 #[tokio::test]
 async fn an_idle_function_goes_to_zero_and_the_next_request_brings_it_back() {
     let faas = Faas::start_with(FAST_REAPER).await;
-    assert_eq!(
-        faas.deploy("idle", &script("tests/functions/tool.py"), "", 1)
-            .await
-            .0,
-        200
-    );
+    faas.deploy_ok("idle", "tests/functions/tool.py", "", 1)
+        .await;
     assert_eq!(faas.call("/gateway/idle/version").await, (200, "v1".into()));
     assert!(
         faas.wait_status("idle", "replicas", Duration::from_secs(10), |v| v == 0)
@@ -53,12 +49,8 @@ async fn an_idle_function_goes_to_zero_and_the_next_request_brings_it_back() {
 #[tokio::test]
 async fn three_hundred_concurrent_requests_at_zero_all_succeed_with_one_activation() {
     let faas = Faas::start().await;
-    assert_eq!(
-        faas.deploy("burst", &script("tests/functions/tool.py"), "", 0)
-            .await
-            .0,
-        200
-    );
+    faas.deploy_ok("burst", "tests/functions/tool.py", "", 0)
+        .await;
     assert_eq!(faas.status("burst", "ready_replicas").await, 0);
     let mut tasks = Vec::new();
     for i in 0..300 {
@@ -95,12 +87,8 @@ async fn three_hundred_concurrent_requests_at_zero_all_succeed_with_one_activati
 #[tokio::test]
 async fn a_never_ready_function_answers_504_after_the_activation_timeout() {
     let faas = Faas::start_with(&[("FAAS_ACTIVATION_TIMEOUT", "1s")]).await;
-    assert_eq!(
-        faas.deploy("never", &script("tests/functions/never_ready.py"), "", 0)
-            .await
-            .0,
-        200
-    );
+    faas.deploy_ok("never", "tests/functions/never_ready.py", "", 0)
+        .await;
     let started = std::time::Instant::now();
     let resp = faas
         .http
@@ -124,12 +112,8 @@ async fn a_full_queue_answers_503_with_retry_after() {
         ("FAAS_ACTIVATION_MAX_PENDING", "2"),
     ])
     .await;
-    assert_eq!(
-        faas.deploy("full", &script("tests/functions/never_ready.py"), "", 0)
-            .await
-            .0,
-        200
-    );
+    faas.deploy_ok("full", "tests/functions/never_ready.py", "", 0)
+        .await;
     let held: Vec<_> = (0..2)
         .map(|_| {
             let (http, url) = (faas.http.clone(), faas.url("/gateway/full/"));
@@ -158,12 +142,8 @@ async fn a_full_queue_answers_503_with_retry_after() {
 #[tokio::test]
 async fn a_client_that_disconnects_while_held_leaves_the_queue() {
     let faas = Faas::start_with(&[("FAAS_ACTIVATION_TIMEOUT", "60s")]).await;
-    assert_eq!(
-        faas.deploy("gone", &script("tests/functions/never_ready.py"), "", 0)
-            .await
-            .0,
-        200
-    );
+    faas.deploy_ok("gone", "tests/functions/never_ready.py", "", 0)
+        .await;
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", faas.port)).unwrap();
     write!(sock, "GET /gateway/gone/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert!(
@@ -190,12 +170,8 @@ async fn a_client_that_disconnects_while_held_leaves_the_queue() {
 #[tokio::test]
 async fn a_replica_crashing_on_start_fails_held_requests_with_its_output() {
     let faas = Faas::start().await;
-    assert_eq!(
-        faas.deploy("crash", &script("tests/functions/crash_on_start.py"), "", 0)
-            .await
-            .0,
-        200
-    );
+    faas.deploy_ok("crash", "tests/functions/crash_on_start.py", "", 0)
+        .await;
     let resp = faas
         .http
         .get(faas.url("/gateway/crash/"))
@@ -284,12 +260,8 @@ async fn sustained_load_scales_out_and_back_in() {
 #[tokio::test]
 async fn scaling_down_lets_inflight_requests_finish() {
     let faas = Faas::start().await;
-    assert_eq!(
-        faas.deploy("drain", &script("tests/functions/tool.py"), "", 1)
-            .await
-            .0,
-        200
-    );
+    faas.deploy_ok("drain", "tests/functions/tool.py", "", 1)
+        .await;
     let (http, url) = (faas.http.clone(), faas.url("/gateway/drain/slow?s=1.5"));
     let slow = tokio::spawn(async move {
         let r = http.get(url).send().await.unwrap();
@@ -318,12 +290,8 @@ async fn scaling_down_lets_inflight_requests_finish() {
 #[tokio::test]
 async fn deleting_a_function_answers_its_held_requests_with_404() {
     let faas = Faas::start_with(&[("FAAS_ACTIVATION_TIMEOUT", "60s")]).await;
-    assert_eq!(
-        faas.deploy("doomed", &script("tests/functions/never_ready.py"), "", 0)
-            .await
-            .0,
-        200
-    );
+    faas.deploy_ok("doomed", "tests/functions/never_ready.py", "", 0)
+        .await;
     let (http, url) = (faas.http.clone(), faas.url("/gateway/doomed/"));
     let held = tokio::spawn(async move {
         let r = http.get(url).send().await.unwrap();

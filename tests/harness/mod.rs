@@ -167,6 +167,17 @@ impl Faas {
         self.admin("POST", "/admin/python", Some(body)).await
     }
 
+    /// Deploys `tests/…` or `examples/…` script `path` and asserts that the deploy succeeded.
+    pub async fn deploy_ok(&self, name: &str, path: &str, dot_file: &str, replica: u32) {
+        let (status, reply) = self.deploy(name, &script(path), dot_file, replica).await;
+        assert_eq!(
+            status,
+            200,
+            "deploying {name}: {reply}\n{}",
+            self.log_text()
+        );
+    }
+
     /// An admin call answering JSON (status, body; `Value::Null` for an empty body).
     pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut req = self.http.request(method.parse().unwrap(), self.url(path));
