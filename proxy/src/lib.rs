@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod activator;
+pub mod fastpath;
 pub mod gateway;
 pub mod lifecycle;
 pub mod metrics;

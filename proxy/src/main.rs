@@ -11,10 +11,13 @@ use control::registry::Registry;
 use control::runtime::kube::KubeRuntime;
 use control::runtime::local::LocalRuntime;
 use control::runtime::Runtime;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
 
+use proxy::fastpath::FastPath;
 use proxy::gateway::Gateway;
 use proxy::lifecycle::Lifecycle;
 use proxy::metrics::Metrics;
@@ -90,10 +93,13 @@ fn run() -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new()?);
     let control_metrics = metrics.control();
     let admin = Admin::new(cfg.clone(), registry.clone(), runtime.clone());
-    let gateway = Gateway::new(cfg.clone(), registry.clone(), admin, metrics);
+    let gateway = Gateway::new(cfg.clone(), registry.clone(), admin, metrics.clone());
 
-    let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, gateway);
-    proxy.add_tcp(&addr);
+    let fallback = pingora_proxy::http_proxy(&server.configuration, gateway);
+    let fast = FastPath::new(&cfg, registry.clone(), metrics.clone(), fallback);
+    let mut proxy = Service::new("gateway".to_string(), fast);
+    // Pingora's default 64 KiB read buffer per connection is most of an idle connection's memory.
+    proxy.add_listener(ListenerConfig::tcp(&addr).l4_buffer(L4BufferSettings::new(0, 1460)));
     server.add_service(proxy);
     server.add_service(background_service(
         "lifecycle",

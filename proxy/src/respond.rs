@@ -54,3 +54,31 @@ pub async fn error(
     )
     .await
 }
+
+/// A whole JSON error response as bytes, ending the connection (`Connection: close`): what the
+/// fast path writes straight to the client's socket.
+pub fn error_bytes(
+    code: u16,
+    message: &str,
+    extra: &[(&'static str, String)],
+    head_only: bool,
+) -> Vec<u8> {
+    let body = error_body(code, message);
+    let reason = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut out = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    for (k, v) in extra {
+        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    if !head_only {
+        out.extend_from_slice(&body);
+    }
+    out
+}

@@ -1,0 +1,583 @@
+//! The gateway's fast path: a Pingora [`ServerApp`] that forwards plain HTTP/1.1 requests for
+//! `/gateway/{name}/...` itself and hands everything else to Pingora's HTTP proxy
+//! ([`Gateway`](crate::gateway::Gateway) under `pingora_proxy::HttpProxy`).
+//!
+//! Pingora's proxy is general: per request it builds header maps, runs a downstream and an
+//! upstream task joined by a channel, and keeps a 64 KiB read buffer and a large future per
+//! connection. The common request here is small and simple, so the fast path parses the head
+//! in place (`httparse`), writes the rewritten head and the body to a pooled connection in one
+//! write, and passes the response bytes through as they come, following their framing only to
+//! know where the response ends. A connection costs a small future and a few KiB of buffers,
+//! idle or held.
+//!
+//! What it leaves to Pingora, by handing over the connection with the bytes already read put
+//! back (`Stream::rewind`): `/admin`, `/health`, `/metrics`, unknown functions, HTTP/1.0,
+//! upgrades (WebSocket), chunked or large request bodies, `Expect`, h2c, malformed requests.
+
+pub mod http1;
+pub mod pool;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use control::config::Config;
+use control::registry::{Endpoint, FnEntry, Registry};
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::activator::{self, Bounds};
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::respond;
+use http1::{Framing, Parsed};
+use pool::Pool;
+
+/// Bytes read at a time.
+const READ_CHUNK: usize = 4096;
+/// A request or response head larger than this is not the fast path's.
+const MAX_HEAD: usize = 64 * 1024;
+/// Request bodies up to this size are forwarded by the fast path (buffered whole, so that a
+/// request can be sent again on another connection); larger ones by Pingora.
+const MAX_BODY: usize = 64 * 1024;
+/// How long a client's connection may sit idle between requests, or send a request.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long connecting to a replica may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections to a replica older than this are not reused (below uvicorn's 5 s).
+const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
+/// Idle connections kept per replica.
+const UPSTREAM_IDLE_PER_REPLICA: usize = 1024;
+/// Replicas tried for one request (one may die between being picked and being connected to).
+const MAX_ATTEMPTS: u8 = 3;
+
+/// The gateway's connection handler: the fast path, with Pingora's proxy behind it.
+pub struct FastPath {
+    fallback: Arc<HttpProxy<Gateway>>,
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    prefix: String,
+    bounds: Bounds,
+    pool: Pool,
+}
+
+/// One client connection's buffers.
+struct Conn {
+    io: Stream,
+    /// Bytes read from the client and not yet forwarded.
+    buf: Vec<u8>,
+    /// The request as it goes to the function.
+    out: Vec<u8>,
+    /// The response as it comes from the function.
+    resp: Vec<u8>,
+    client_ip: String,
+}
+
+/// A request taken by the fast path, owned (the parsed head borrows the read buffer).
+struct Request {
+    entry: Arc<FnEntry>,
+    /// The head's length in the read buffer.
+    head_len: usize,
+    /// The body's length, after the head.
+    body_len: usize,
+    close: bool,
+    head_method: bool,
+}
+
+/// How an exchange with a replica ended.
+enum Exchange {
+    /// The response went to the client; `true`: the client's connection stays open.
+    Done { status: u16, keep_client: bool },
+    /// Nothing was sent to the replica: another one may take the request.
+    ConnectFailed(String),
+    /// The replica failed; `sent`: part of the response already went to the client.
+    Failed {
+        status: u16,
+        sent: bool,
+        why: String,
+    },
+}
+
+/// Counts a request in flight for its function and records it when it ends, however it ends.
+struct Flight<'a> {
+    metrics: &'a Metrics,
+    entry: &'a FnEntry,
+    endpoint: Option<Arc<Endpoint>>,
+    code: u16,
+    started: Instant,
+}
+
+// === impl FastPath ===
+
+impl FastPath {
+    /// The fast path in front of `fallback`, Pingora's proxy running the same gateway.
+    pub fn new(
+        cfg: &Config,
+        registry: Registry,
+        metrics: Arc<Metrics>,
+        fallback: HttpProxy<Gateway>,
+    ) -> Self {
+        FastPath {
+            fallback: Arc::new(fallback),
+            registry,
+            metrics,
+            prefix: cfg.path_prefix.clone(),
+            bounds: Bounds {
+                timeout: cfg.activation_timeout,
+                max_pending: cfg.activation_max_pending,
+            },
+            pool: Pool::new(UPSTREAM_IDLE, UPSTREAM_IDLE_PER_REPLICA),
+        }
+    }
+
+    /// Reads the next request head; `Ok(None)`: hand the connection to Pingora; `Err`: close it.
+    async fn next_request(
+        &self,
+        c: &mut Conn,
+        shutdown: &mut ShutdownWatch,
+    ) -> Result<Option<Request>, ()> {
+        loop {
+            if !c.buf.is_empty() {
+                let parsed =
+                    http1::parse_request(&c.buf, &self.prefix, &c.client_ip, MAX_BODY, &mut c.out);
+                match parsed {
+                    Parsed::Partial if c.buf.len() < MAX_HEAD => {}
+                    Parsed::Partial | Parsed::Fallback => return Ok(None),
+                    Parsed::Forward(p) => {
+                        // Unknown functions (and a registry still being restored) are Pingora's.
+                        let Some(entry) = self.registry.get(p.name) else {
+                            return Ok(None);
+                        };
+                        return Ok(Some(Request {
+                            entry,
+                            head_len: p.head_len,
+                            body_len: p.body_len,
+                            close: p.close,
+                            head_method: p.head_method,
+                        }));
+                    }
+                }
+            }
+            c.buf.reserve(READ_CHUNK);
+            let idle = c.buf.is_empty();
+            let read = tokio::time::timeout(CLIENT_TIMEOUT, c.io.read_buf(&mut c.buf));
+            let n = if idle {
+                tokio::select! {
+                    r = read => r,
+                    _ = shutting_down(shutdown) => return Err(()),
+                }
+            } else {
+                read.await
+            };
+            match n {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Err(()),
+            }
+        }
+    }
+
+    /// Forwards one request to a replica of its function (holding it while the function
+    /// starts) and its response back; `true`: the client's connection stays open.
+    async fn serve(&self, c: &mut Conn, req: &Request) -> bool {
+        let entry = &*req.entry;
+        entry.inflight.fetch_add(1, Ordering::AcqRel);
+        let mut flight = Flight {
+            metrics: &self.metrics,
+            entry,
+            endpoint: None,
+            code: 0,
+            started: Instant::now(),
+        };
+        let mut failed = None;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let ep = match entry.acquire_avoiding(failed) {
+                Some(ep) => ep,
+                None => {
+                    let gone = client_gone(&mut c.io, &mut c.buf);
+                    match activator::acquire(&self.registry, entry, self.bounds, gone).await {
+                        Ok(ep) => ep,
+                        Err(refusal) => {
+                            flight.code = refusal.status;
+                            if refusal.status != 499 {
+                                let extra: Vec<(&'static str, String)> = refusal
+                                    .retry_after
+                                    .map(|s| vec![("Retry-After", s.to_string())])
+                                    .unwrap_or_default();
+                                let bytes = respond::error_bytes(
+                                    refusal.status,
+                                    &refusal.message,
+                                    &extra,
+                                    req.head_method,
+                                );
+                                let _ = write_flush(&mut c.io, &bytes).await;
+                            }
+                            return false;
+                        }
+                    }
+                }
+            };
+            flight.endpoint = Some(ep.clone());
+            match self.exchange(c, &ep, req.head_method).await {
+                Exchange::Done {
+                    status,
+                    keep_client,
+                } => {
+                    flight.code = status;
+                    return keep_client;
+                }
+                Exchange::ConnectFailed(why) if attempts < MAX_ATTEMPTS => {
+                    log::debug!("function {:?}: {why}; trying another replica", entry.name);
+                    if let Some(ep) = flight.endpoint.take() {
+                        entry.release(&ep);
+                        failed = Some(ep.replica);
+                    }
+                }
+                Exchange::ConnectFailed(why) => {
+                    return self.fail(c, &mut flight, 502, false, &why, req).await;
+                }
+                Exchange::Failed { status, sent, why } => {
+                    return self.fail(c, &mut flight, status, sent, &why, req).await;
+                }
+            }
+        }
+    }
+
+    /// Answers a failed exchange with a JSON error, unless part of the response already went
+    /// out; the client's connection is closed either way.
+    async fn fail(
+        &self,
+        c: &mut Conn,
+        flight: &mut Flight<'_>,
+        status: u16,
+        sent: bool,
+        why: &str,
+        req: &Request,
+    ) -> bool {
+        flight.code = status;
+        if !sent {
+            let msg = format!("function {:?} failed to answer: {why}", req.entry.name);
+            let bytes = respond::error_bytes(status, &msg, &[], req.head_method);
+            let _ = write_flush(&mut c.io, &bytes).await;
+        } else {
+            log::debug!("function {:?} failed mid-response: {why}", req.entry.name);
+        }
+        false
+    }
+
+    /// Sends the request in `c.out` to `ep` and passes the response back to the client.
+    async fn exchange(&self, c: &mut Conn, ep: &Endpoint, head_method: bool) -> Exchange {
+        let mut pooled = self.pool.take(ep.replica);
+        loop {
+            let reused = pooled.is_some();
+            let mut up = match pooled.take() {
+                Some(up) => up,
+                None => match connect(ep).await {
+                    Ok(up) => up,
+                    Err(why) => return Exchange::ConnectFailed(why),
+                },
+            };
+            c.resp.clear();
+            if let Err(e) = up.write_all(&c.out).await {
+                if reused {
+                    continue;
+                }
+                return Exchange::ConnectFailed(format!("sending the request: {e}"));
+            }
+            match self.relay(c, &mut up, head_method).await {
+                // A pooled connection the replica closed meanwhile: again, on a new one.
+                Err(Relay::Closed) if reused => continue,
+                Err(Relay::Closed) => {
+                    return Exchange::Failed {
+                        status: 502,
+                        sent: false,
+                        why: "it closed the connection without answering".into(),
+                    }
+                }
+                Err(Relay::Upstream { sent, why }) => {
+                    return Exchange::Failed {
+                        status: 502,
+                        sent,
+                        why,
+                    }
+                }
+                Err(Relay::Client { status }) => {
+                    return Exchange::Done {
+                        status,
+                        keep_client: false,
+                    }
+                }
+                Ok((status, reusable, keep_client)) => {
+                    if reusable {
+                        self.pool.put(ep.replica, up);
+                    }
+                    return Exchange::Done {
+                        status,
+                        keep_client,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Reads the response from `up` and writes it to the client as it arrives. Returns the
+    /// status, whether `up` can be reused and whether the client's connection stays open.
+    async fn relay(
+        &self,
+        c: &mut Conn,
+        up: &mut TcpStream,
+        head_method: bool,
+    ) -> Result<(u16, bool, bool), Relay> {
+        let mut sent = false;
+        let upstream = |sent: bool, why: &str| Relay::Upstream {
+            sent,
+            why: why.to_string(),
+        };
+        // The head, after any informational (1xx) responses.
+        let head = loop {
+            match http1::parse_response(&c.resp, head_method) {
+                Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
+                    write_flush(&mut c.io, &c.resp[..h.len])
+                        .await
+                        .map_err(|_| Relay::Client { status: h.status })?;
+                    sent = true;
+                    c.resp.drain(..h.len);
+                    continue;
+                }
+                Ok(Some(h)) => break h,
+                Ok(None) if c.resp.len() < MAX_HEAD => {}
+                Ok(None) => return Err(upstream(sent, "its response head is too large")),
+                Err(_) => return Err(upstream(sent, "its response is not valid HTTP/1")),
+            }
+            c.resp.reserve(READ_CHUNK);
+            match up.read_buf(&mut c.resp).await {
+                Ok(n) if n > 0 => {}
+                _ if c.resp.is_empty() && !sent => return Err(Relay::Closed),
+                Ok(_) => return Err(upstream(sent, "it closed the connection mid-response")),
+                Err(e) => return Err(upstream(sent, &format!("reading its response: {e}"))),
+            }
+        };
+        let status = head.status;
+        let client = |_| Relay::Client { status };
+        let mut framing = head.framing;
+        let known_end = !matches!(framing, Framing::UntilClose);
+        let keep_client = known_end && !head.close;
+        let mut reusable = head.keep_alive;
+
+        // The head (as HTTP/1.1 when the body's end is known) and the body read with it.
+        let body_start = head.len;
+        let mut end = c.resp.len();
+        let mut done = advance(&mut framing, &c.resp[body_start..], &mut end, body_start)
+            .map_err(|_| upstream(sent, "its chunked body is malformed"))?;
+        if end < c.resp.len() {
+            reusable = false; // more than the response: do not trust the connection
+        }
+        if head.http10 && known_end {
+            c.io.write_all(b"HTTP/1.1").await.map_err(client)?;
+            write_flush(&mut c.io, &c.resp[8..end])
+                .await
+                .map_err(client)?;
+        } else {
+            write_flush(&mut c.io, &c.resp[..end])
+                .await
+                .map_err(client)?;
+        }
+        // The rest of the body, as it comes.
+        while !done {
+            c.resp.clear();
+            c.resp.reserve(READ_CHUNK);
+            let n = match up.read_buf(&mut c.resp).await {
+                Ok(n) => n,
+                Err(e) => return Err(upstream(true, &format!("reading its response: {e}"))),
+            };
+            if n == 0 {
+                if matches!(framing, Framing::UntilClose) {
+                    break;
+                }
+                return Err(upstream(true, "it closed the connection mid-response"));
+            }
+            let mut end = n;
+            done = advance(&mut framing, &c.resp, &mut end, 0)
+                .map_err(|_| upstream(true, "its chunked body is malformed"))?;
+            if end < n {
+                reusable = false;
+            }
+            write_flush(&mut c.io, &c.resp[..end])
+                .await
+                .map_err(client)?;
+        }
+        Ok((status, reusable && done, keep_client))
+    }
+}
+
+/// Why relaying a response stopped.
+enum Relay {
+    /// The replica closed the connection before sending anything.
+    Closed,
+    /// The replica failed; `sent`: part of the response already went to the client.
+    Upstream { sent: bool, why: String },
+    /// The client went away.
+    Client { status: u16 },
+}
+
+/// Follows `data` (body bytes starting at `offset` of the buffer) through `framing`; sets
+/// `end` to the buffer's end of the response within them and returns whether it is complete.
+fn advance(
+    framing: &mut Framing,
+    data: &[u8],
+    end: &mut usize,
+    offset: usize,
+) -> Result<bool, http1::Malformed> {
+    match framing {
+        Framing::Length(left) => {
+            let take = (*left).min(data.len() as u64);
+            *left -= take;
+            *end = offset + take as usize;
+            Ok(*left == 0)
+        }
+        Framing::Chunked(chunked) => {
+            let used = chunked.feed(data)?;
+            *end = offset + used;
+            Ok(chunked.done())
+        }
+        Framing::UntilClose => {
+            *end = offset + data.len();
+            Ok(false)
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for FastPath {
+    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let client_ip = io
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let mut c = Conn {
+            io,
+            buf: Vec::new(),
+            out: Vec::new(),
+            resp: Vec::new(),
+            client_ip,
+        };
+        let mut watch = shutdown.clone();
+        loop {
+            let req = match self.next_request(&mut c, &mut watch).await {
+                Ok(Some(req)) => req,
+                Ok(None) => return self.fall_back(c, shutdown).await,
+                Err(()) => return None,
+            };
+            // The body, whole (it is small: larger ones went to Pingora).
+            let len = req.head_len + req.body_len;
+            while c.buf.len() < len {
+                c.buf.reserve(READ_CHUNK);
+                match tokio::time::timeout(CLIENT_TIMEOUT, c.io.read_buf(&mut c.buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return None,
+                }
+            }
+            c.out.extend_from_slice(&c.buf[req.head_len..len]);
+            c.buf.drain(..len);
+            let keep = self.serve(&mut c, &req).await;
+            if !keep || req.close || *watch.borrow() {
+                let _ = c.io.shutdown().await;
+                return None;
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.fallback.cleanup().await
+    }
+}
+
+impl FastPath {
+    /// Hands the connection to Pingora's proxy, with what was read of it put back.
+    async fn fall_back(self: &Arc<Self>, c: Conn, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let io = if c.buf.is_empty() {
+            c.io
+        } else {
+            match c.io.into_any().downcast::<L4Stream>() {
+                Ok(mut l4) => {
+                    l4.rewind(&c.buf);
+                    l4
+                }
+                Err(_) => return None,
+            }
+        };
+        self.fallback.process_new(io, shutdown).await
+    }
+}
+
+// === impl Flight ===
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        if let Some(ep) = self.endpoint.take() {
+            self.entry.release(&ep);
+        }
+        self.entry.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.entry.touch();
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.metrics
+            .observe(&self.entry.ext, &self.entry.name, self.code, Some(seconds));
+    }
+}
+
+// === helpers ===
+
+/// A new connection to a replica.
+async fn connect(ep: &Endpoint) -> Result<TcpStream, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ep.addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(format!("connecting to {}: {e}", ep.addr)),
+        Err(_) => Err(format!(
+            "connecting to {} took longer than {CONNECT_TIMEOUT:?}",
+            ep.addr
+        )),
+    }
+}
+
+async fn write_flush(io: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    io.write_all(bytes).await?;
+    io.flush().await
+}
+
+/// Resolves when the client goes away while its request is held. Its next pipelined request,
+/// if it sends one meanwhile, is kept in `buf`.
+async fn client_gone(io: &mut Stream, buf: &mut Vec<u8>) {
+    loop {
+        if buf.len() >= MAX_HEAD {
+            std::future::pending::<()>().await;
+        }
+        buf.reserve(READ_CHUNK);
+        match io.read_buf(buf).await {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+/// Resolves once the server is shutting down.
+async fn shutting_down(rx: &mut ShutdownWatch) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Idle keep-alive connections to replicas, kept for the next request to the same replica.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+/// Idle connections per replica. The lock is held only to push or pop, never across `.await`.
+pub struct Pool {
+    idle: Mutex<Idle>,
+    /// An idle connection older than this is closed, not reused: it stays below the keep-alive
+    /// timeouts of common function servers (uvicorn's is 5 s), which would otherwise close it
+    /// while a request is on its way.
+    max_idle: Duration,
+    /// At most this many idle connections per replica.
+    max_per_replica: usize,
+}
+
+#[derive(Default)]
+struct Idle {
+    by_replica: HashMap<u64, Vec<(TcpStream, Instant)>>,
+    swept: Option<Instant>,
+}
+
+impl Pool {
+    /// An empty pool.
+    pub fn new(max_idle: Duration, max_per_replica: usize) -> Self {
+        Pool {
+            idle: Mutex::new(Idle::default()),
+            max_idle,
+            max_per_replica,
+        }
+    }
+
+    /// The most recently used idle connection to `replica` that is still young enough.
+    pub fn take(&self, replica: u64) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().ok()?;
+        let conns = idle.by_replica.get_mut(&replica)?;
+        while let Some((conn, since)) = conns.pop() {
+            if since.elapsed() < self.max_idle {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for the next request to `replica`. Now and then drops the connections that
+    /// have been idle too long, including those of replicas that are gone.
+    pub fn put(&self, replica: u64, conn: TcpStream) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if idle
+            .swept
+            .is_none_or(|t| now.duration_since(t) > self.max_idle)
+        {
+            idle.swept = Some(now);
+            let max_idle = self.max_idle;
+            idle.by_replica.retain(|_, conns| {
+                conns.retain(|(_, since)| now.duration_since(*since) < max_idle);
+                !conns.is_empty()
+            });
+        }
+        let conns = idle.by_replica.entry(replica).or_default();
+        if conns.len() < self.max_per_replica {
+            conns.push((conn, now));
+        }
+    }
+
+    /// How many idle connections are kept.
+    pub fn idle(&self) -> usize {
+        self.idle
+            .lock()
+            .map(|i| i.by_replica.values().map(Vec::len).sum())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reuses_young_connections_and_drops_old_ones() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = Pool::new(Duration::from_millis(200), 2);
+        for _ in 0..3 {
+            pool.put(7, TcpStream::connect(addr).await.unwrap());
+        }
+        assert_eq!(pool.idle(), 2, "capped per replica");
+        assert!(pool.take(7).is_some());
+        assert!(pool.take(8).is_none());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(pool.take(7).is_none(), "too old to reuse");
+        pool.put(9, TcpStream::connect(addr).await.unwrap());
+        assert_eq!(pool.idle(), 1, "the sweep dropped the stale ones");
+    }
+}
