@@ -225,6 +225,29 @@ fn wrk(url: &str, connections: usize, seconds: usize, pid: Option<u32>) -> Run {
     run
 }
 
+/// The median of each measure over the rounds (errors: their sum; RSS: the peak).
+fn median_run(runs: &[Run]) -> Run {
+    let median = |f: fn(&Run) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Run {
+        rps: median(|r| r.rps),
+        p50_ms: median(|r| r.p50_ms),
+        p99_ms: median(|r| r.p99_ms),
+        errors: runs.iter().map(|r| r.errors).sum(),
+        peak_rss_kib: runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0),
+    }
+}
+
+/// The lowest and highest requests/s of the rounds.
+fn range(runs: &[Run]) -> (f64, f64) {
+    let lo = runs.iter().map(|r| r.rps).fold(f64::INFINITY, f64::min);
+    let hi = runs.iter().map(|r| r.rps).fold(0.0, f64::max);
+    (lo, hi)
+}
+
 /// Writes `n` functions (at zero replicas) into a state directory, as the local runtime keeps them.
 fn populate(state: &Path, n: usize) {
     let script =
@@ -247,7 +270,8 @@ fn populate(state: &Path, n: usize) {
 
 #[tokio::main]
 async fn main() {
-    let seconds = env_num("BENCH_SECONDS", 10);
+    let seconds = env_num("BENCH_SECONDS", 5);
+    let rounds = env_num("BENCH_ROUNDS", 3).max(1);
     let concurrencies: Vec<usize> = std::env::var("BENCH_CONNECTIONS")
         .unwrap_or_else(|_| "16,64,256".into())
         .split(',')
@@ -296,23 +320,34 @@ async fn main() {
             Some(faas.pid() as u32),
         ),
     ];
-    let mut rows = Vec::new();
+    // Rounds alternate the targets, so that each target sees the machine's momentary load as
+    // often as the others; the table reports the median of the rounds.
+    let mut runs: Vec<(usize, &str, Vec<Run>)> = Vec::new();
     for &c in &concurrencies {
-        for (name, url, pid) in &targets {
-            eprintln!("== {name}: {c} connections, {seconds} s (after a 2 s warm-up)");
-            wrk(url, c, 2, None);
-            let run = wrk(url, c, seconds, *pid);
-            eprintln!(
-                "   {:>10.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}  peak RSS {:.1} MiB",
-                run.rps,
-                run.p50_ms,
-                run.p99_ms,
-                run.errors,
-                run.peak_rss_kib as f64 / 1024.0
-            );
-            rows.push((c, *name, run));
+        for round in 1..=rounds {
+            for (name, url, pid) in &targets {
+                eprintln!("== round {round}/{rounds}, {name}: {c} connections, {seconds} s");
+                wrk(url, c, if round == 1 { 2 } else { 1 }, None);
+                let run = wrk(url, c, seconds, *pid);
+                eprintln!(
+                    "   {:>10.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}  peak RSS {:.1} MiB",
+                    run.rps,
+                    run.p50_ms,
+                    run.p99_ms,
+                    run.errors,
+                    run.peak_rss_kib as f64 / 1024.0
+                );
+                match runs.iter_mut().find(|(cc, n, _)| *cc == c && n == name) {
+                    Some((_, _, v)) => v.push(run),
+                    None => runs.push((c, name, vec![run])),
+                }
+            }
         }
     }
+    let rows: Vec<(usize, &str, Run, (f64, f64))> = runs
+        .iter()
+        .map(|(c, name, v)| (*c, *name, median_run(v), range(v)))
+        .collect();
     drop((nginx, haproxy));
     drop(faas);
 
@@ -339,18 +374,20 @@ async fn main() {
     drop(many);
 
     let mut table = format!(
-        "Machine: {}\n\nwrk -t1, {seconds} s per run after a 2 s warm-up; every proxy in front of the same nginx upstream.\n\n\
+        "Machine: {}\n\nwrk -t1, {rounds} rounds of {seconds} s per target and concurrency, the targets alternating within each round \
+         (after a warm-up); medians of the rounds, the range of requests/s in brackets. Every proxy is in front of the \
+         same nginx upstream.\n\n\
          | connections | target | requests/s | p50 | p99 | errors | peak RSS |\n|---:|---|---:|---:|---:|---:|---:|\n",
         machine()
     );
-    for (c, name, r) in &rows {
+    for (c, name, r, (lo, hi)) in &rows {
         let rss = if r.peak_rss_kib > 0 {
             format!("{:.1} MiB", r.peak_rss_kib as f64 / 1024.0)
         } else {
             "–".into()
         };
         table.push_str(&format!(
-            "| {c} | {name} | {:.0} | {:.2} ms | {:.2} ms | {} | {rss} |\n",
+            "| {c} | {name} | {:.0} ({lo:.0}–{hi:.0}) | {:.2} ms | {:.2} ms | {} | {rss} |\n",
             r.rps, r.p50_ms, r.p99_ms, r.errors
         ));
     }
@@ -359,7 +396,7 @@ async fn main() {
     for &c in &concurrencies {
         let get = |n: &str| {
             rows.iter()
-                .find(|(cc, name, _)| *cc == c && *name == n)
+                .find(|(cc, name, _, _)| *cc == c && *name == n)
                 .map(|r| r.2.clone())
                 .unwrap_or_default()
         };

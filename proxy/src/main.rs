@@ -96,7 +96,13 @@ fn run() -> anyhow::Result<()> {
     let gateway = Gateway::new(cfg.clone(), registry.clone(), admin, metrics.clone());
 
     let fallback = pingora_proxy::http_proxy(&server.configuration, gateway);
-    let fast = FastPath::new(&cfg, registry.clone(), metrics.clone(), fallback);
+    let fast = FastPath::new(
+        &cfg,
+        registry.clone(),
+        metrics.clone(),
+        fallback,
+        &server.configuration,
+    );
     let mut proxy = Service::new("gateway".to_string(), fast);
     // Pingora's default 64 KiB read buffer per connection is most of an idle connection's memory.
     proxy.add_listener(ListenerConfig::tcp(&addr).l4_buffer(L4BufferSettings::new(0, 1460)));

@@ -15,6 +15,7 @@
 //! upgrades (WebSocket), chunked or large request bodies, `Expect`, h2c, malformed requests.
 
 pub mod http1;
+mod local;
 pub mod pool;
 
 use std::sync::atomic::Ordering;
@@ -27,6 +28,7 @@ use control::registry::{Endpoint, FnEntry, Registry};
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
+use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,6 +67,8 @@ pub struct FastPath {
     prefix: String,
     bounds: Bounds,
     pool: Pool,
+    /// Move each client socket to the runtime of the thread that serves it (see [`local`]).
+    localize: bool,
 }
 
 /// One client connection's buffers.
@@ -122,6 +126,7 @@ impl FastPath {
         registry: Registry,
         metrics: Arc<Metrics>,
         fallback: HttpProxy<Gateway>,
+        server: &ServerConf,
     ) -> Self {
         FastPath {
             fallback: Arc::new(fallback),
@@ -133,6 +138,7 @@ impl FastPath {
                 max_pending: cfg.activation_max_pending,
             },
             pool: Pool::new(UPSTREAM_IDLE, UPSTREAM_IDLE_PER_REPLICA),
+            localize: !server.work_stealing && server.threads > 1,
         }
     }
 
@@ -457,6 +463,11 @@ fn advance(
 #[async_trait]
 impl ServerApp for FastPath {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let io = if self.localize {
+            local::to_this_thread(io)?
+        } else {
+            io
+        };
         let client_ip = io
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))

@@ -1,14 +1,22 @@
 //! Idle keep-alive connections to replicas, kept for the next request to the same replica.
+//!
+//! The idle connections are kept per thread: a connection is registered with the I/O driver of
+//! the thread that opened it, and Pingora runs one single-threaded runtime per thread (with
+//! `work_stealing: false`), so a connection used from another thread would cost a cross-thread
+//! wake-up for every read. Per thread there is also no lock.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-/// Idle connections per replica. The lock is held only to push or pop, never across `.await`.
+thread_local! {
+    static IDLE: RefCell<Idle> = RefCell::default();
+}
+
+/// Idle connections per replica, on this thread.
 pub struct Pool {
-    idle: Mutex<Idle>,
     /// An idle connection older than this is closed, not reused: it stays below the keep-alive
     /// timeouts of common function servers (uvicorn's is 5 s), which would otherwise close it
     /// while a request is on its way.
@@ -27,7 +35,6 @@ impl Pool {
     /// An empty pool.
     pub fn new(max_idle: Duration, max_per_replica: usize) -> Self {
         Pool {
-            idle: Mutex::new(Idle::default()),
             max_idle,
             max_per_replica,
         }
@@ -35,22 +42,24 @@ impl Pool {
 
     /// The most recently used idle connection to `replica` that is still young enough.
     pub fn take(&self, replica: u64) -> Option<TcpStream> {
-        let mut idle = self.idle.lock().ok()?;
-        let conns = idle.by_replica.get_mut(&replica)?;
-        while let Some((conn, since)) = conns.pop() {
-            if since.elapsed() < self.max_idle {
-                return Some(conn);
+        IDLE.with_borrow_mut(|idle| {
+            let conns = idle.by_replica.get_mut(&replica)?;
+            while let Some((conn, since)) = conns.pop() {
+                if since.elapsed() < self.max_idle {
+                    return Some(conn);
+                }
             }
-        }
-        None
+            None
+        })
     }
 
     /// Keeps `conn` for the next request to `replica`. Now and then drops the connections that
     /// have been idle too long, including those of replicas that are gone.
     pub fn put(&self, replica: u64, conn: TcpStream) {
-        let Ok(mut idle) = self.idle.lock() else {
-            return;
-        };
+        IDLE.with_borrow_mut(|idle| self.put_in(idle, replica, conn))
+    }
+
+    fn put_in(&self, idle: &mut Idle, replica: u64, conn: TcpStream) {
         let now = Instant::now();
         if idle
             .swept
@@ -69,12 +78,9 @@ impl Pool {
         }
     }
 
-    /// How many idle connections are kept.
+    /// How many idle connections this thread keeps.
     pub fn idle(&self) -> usize {
-        self.idle
-            .lock()
-            .map(|i| i.by_replica.values().map(Vec::len).sum())
-            .unwrap_or(0)
+        IDLE.with_borrow(|i| i.by_replica.values().map(Vec::len).sum())
     }
 }
 
