@@ -18,6 +18,8 @@ pub mod http1;
 mod local;
 pub mod pool;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +35,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::activator::{self, Bounds};
 use crate::gateway::Gateway;
@@ -81,6 +84,42 @@ struct Conn {
     /// The response as it comes from the function.
     resp: Vec<u8>,
     client_ip: String,
+    /// Fires when the connection may have been idle for [`CLIENT_TIMEOUT`]; checked against
+    /// `active` and pushed back. One timer per connection, not one per read: arming a timer
+    /// on an empty timer wheel wakes the runtime's driver with a syscall.
+    idle: Pin<Box<Sleep>>,
+    /// When the connection last finished a response, or opened.
+    active: Instant,
+    /// Resolves when the server shuts down.
+    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    shutdown: ShutdownWatch,
+}
+
+// === impl Conn ===
+
+impl Conn {
+    /// Reads more of the client's bytes into `buf`; `Err` when the client is gone, silent for
+    /// too long, or the server shuts down.
+    async fn read_more(&mut self) -> Result<(), ()> {
+        self.buf.reserve(READ_CHUNK);
+        loop {
+            tokio::select! {
+                biased;
+                r = self.io.read_buf(&mut self.buf) => return match r {
+                    Ok(n) if n > 0 => Ok(()),
+                    _ => Err(()),
+                },
+                _ = self.stop.as_mut() => return Err(()),
+                _ = self.idle.as_mut() => {
+                    let deadline = self.active + CLIENT_TIMEOUT;
+                    if Instant::now() >= deadline {
+                        return Err(());
+                    }
+                    self.idle.as_mut().reset(deadline.into());
+                }
+            }
+        }
+    }
 }
 
 /// A request taken by the fast path, owned (the parsed head borrows the read buffer).
@@ -143,11 +182,7 @@ impl FastPath {
     }
 
     /// Reads the next request head; `Ok(None)`: hand the connection to Pingora; `Err`: close it.
-    async fn next_request(
-        &self,
-        c: &mut Conn,
-        shutdown: &mut ShutdownWatch,
-    ) -> Result<Option<Request>, ()> {
+    async fn next_request(&self, c: &mut Conn) -> Result<Option<Request>, ()> {
         loop {
             if !c.buf.is_empty() {
                 let parsed =
@@ -170,21 +205,7 @@ impl FastPath {
                     }
                 }
             }
-            c.buf.reserve(READ_CHUNK);
-            let idle = c.buf.is_empty();
-            let read = tokio::time::timeout(CLIENT_TIMEOUT, c.io.read_buf(&mut c.buf));
-            let n = if idle {
-                tokio::select! {
-                    r = read => r,
-                    _ = shutting_down(shutdown) => return Err(()),
-                }
-            } else {
-                read.await
-            };
-            match n {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return Err(()),
-            }
+            c.read_more().await?;
         }
     }
 
@@ -473,16 +494,20 @@ impl ServerApp for FastPath {
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
             .map(|ip| ip.to_string())
             .unwrap_or_default();
+        let mut stop = shutdown.clone();
         let mut c = Conn {
             io,
             buf: Vec::new(),
             out: Vec::new(),
             resp: Vec::new(),
             client_ip,
+            idle: Box::pin(tokio::time::sleep(CLIENT_TIMEOUT)),
+            active: Instant::now(),
+            stop: Box::pin(async move { shutting_down(&mut stop).await }),
+            shutdown: shutdown.clone(),
         };
-        let mut watch = shutdown.clone();
         loop {
-            let req = match self.next_request(&mut c, &mut watch).await {
+            let req = match self.next_request(&mut c).await {
                 Ok(Some(req)) => req,
                 Ok(None) => return self.fall_back(c, shutdown).await,
                 Err(()) => return None,
@@ -490,16 +515,13 @@ impl ServerApp for FastPath {
             // The body, whole (it is small: larger ones went to Pingora).
             let len = req.head_len + req.body_len;
             while c.buf.len() < len {
-                c.buf.reserve(READ_CHUNK);
-                match tokio::time::timeout(CLIENT_TIMEOUT, c.io.read_buf(&mut c.buf)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return None,
-                }
+                c.read_more().await.ok()?;
             }
             c.out.extend_from_slice(&c.buf[req.head_len..len]);
             c.buf.drain(..len);
             let keep = self.serve(&mut c, &req).await;
-            if !keep || req.close || *watch.borrow() {
+            c.active = Instant::now();
+            if !keep || req.close || *c.shutdown.borrow() {
                 let _ = c.io.shutdown().await;
                 return None;
             }
