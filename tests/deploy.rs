@@ -301,3 +301,134 @@ async fn a_crashed_replica_is_restarted() {
         "{logs}"
     );
 }
+
+/// Reads one response with a `Content-Length` body from `s`, keeping what follows in `buf`.
+fn read_response(
+    s: &mut std::net::TcpStream,
+    buf: &mut Vec<u8>,
+    head_only: bool,
+) -> (String, Vec<u8>) {
+    let mut chunk = [0u8; 65536];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let len = if head_only { 0 } else { len };
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk).unwrap();
+                assert!(n > 0, "closed mid-body after {head}");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return (head, body);
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before a response head");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_pipelining_and_bodies_small_large_and_chunked_pass_intact() {
+    let faas = Faas::start().await;
+    faas.deploy_ok("tool", "tests/functions/tool.py", "", 1)
+        .await;
+    let addr = faas
+        .url("/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+
+    // Pipelined requests on one connection answer in order; HEAD has no body and the
+    // connection carries on.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(
+        b"GET /gateway/tool/first HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /gateway/tool/second?x=2 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    for (path, query) in [("/first", ""), ("/second", "x=2")] {
+        let (head, body) = read_response(&mut s, &mut buf, false);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (v["path"].as_str(), v["query"].as_str()),
+            (Some(path), Some(query))
+        );
+    }
+    s.write_all(b"HEAD /gateway/tool/ HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s, &mut buf, true);
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains("Content-Length: 11"),
+        "{head}"
+    );
+    assert!(body.is_empty());
+    s.write_all(b"GET /gateway/tool/third HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s, &mut buf, false);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["path"],
+        "/third"
+    );
+
+    // Request bodies: small (the fast path), large and chunked (Pingora's proxy).
+    let pattern = |n: usize| (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
+    let sum = |b: &[u8]| b.iter().map(|&x| x as u64).sum::<u64>() % (1 << 32);
+    for n in [10_000, 200_000] {
+        let body = pattern(n);
+        let v: Value = faas
+            .http
+            .post(faas.url("/gateway/tool/digest"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (v["len"].as_u64(), v["sum"].as_u64()),
+            (Some(n as u64), Some(sum(&body)))
+        );
+    }
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..10).map(|_| Ok(pattern(5000))).collect();
+    let v: Value = faas
+        .http
+        .post(faas.url("/gateway/tool/digest"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["chunked"], true);
+    assert_eq!(
+        (v["len"].as_u64(), v["sum"].as_u64()),
+        (Some(50_000), Some(sum(&pattern(5000)) * 10 % (1 << 32)))
+    );
+
+    // A large response arrives whole.
+    let resp = faas
+        .http
+        .get(faas.url("/gateway/tool/big?n=3000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), pattern(3_000_000));
+}

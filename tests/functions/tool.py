@@ -38,11 +38,37 @@ class Handler(BaseHTTPRequestHandler):
             return self.events()
         if path == "/ws":
             return self.websocket()
+        if path == "/big":
+            n = int(query.partition("=")[2] or "0")
+            return self.send_body(200, bytes(i % 251 for i in range(n)), "application/octet-stream")
         self.echo(path, query)
+
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", "11")
+        self.end_headers()
 
     def do_POST(self):
         path, _, query = self.path.partition("?")
+        if path == "/digest":
+            body = self.read_body()
+            return self.send_json({"len": len(body), "sum": sum(body) % 2**32,
+                                   "chunked": "Transfer-Encoding" in self.headers})
         self.echo(path, query)
+
+    def read_body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     do_PUT = do_PATCH = do_DELETE = do_POST
 

@@ -46,6 +46,8 @@ use pool::Pool;
 
 /// Bytes read at a time.
 const READ_CHUNK: usize = 4096;
+/// Bytes read at a time from a replica once its response head is in.
+const BODY_CHUNK: usize = 16 * 1024;
 /// A request or response head larger than this is not the fast path's.
 const MAX_HEAD: usize = 64 * 1024;
 /// Request bodies up to this size are forwarded by the fast path (buffered whole, so that a
@@ -419,7 +421,7 @@ impl FastPath {
         // The rest of the body, as it comes.
         while !done {
             c.resp.clear();
-            c.resp.reserve(READ_CHUNK);
+            c.resp.reserve(BODY_CHUNK);
             let n = match up.read_buf(&mut c.resp).await {
                 Ok(n) => n,
                 Err(e) => return Err(upstream(true, &format!("reading its response: {e}"))),
@@ -521,6 +523,14 @@ impl ServerApp for FastPath {
             c.buf.drain(..len);
             let keep = self.serve(&mut c, &req).await;
             c.active = Instant::now();
+            // An idle connection keeps small buffers, whatever its last request needed.
+            c.out.clear();
+            c.resp.clear();
+            for b in [&mut c.buf, &mut c.out, &mut c.resp] {
+                if b.capacity() > READ_CHUNK && b.is_empty() {
+                    *b = Vec::new();
+                }
+            }
             if !keep || req.close || *c.shutdown.borrow() {
                 let _ = c.io.shutdown().await;
                 return None;
