@@ -1,7 +1,7 @@
 //! Load benchmark (`just bench`): requests/s, p50, p99, errors and peak RSS of our gateway
 //! against nginx and haproxy as reverse proxies, all in front of the same fast upstream (an nginx
-//! returning a fixed small response), measured with `wrk` in one run. Prints a table with the
-//! ratios gateway/nginx and writes it into `benches/README.md`. Also reports the RSS of `faas`
+//! returning a fixed small response), measured with `wrk` in one run, in rounds that alternate
+//! the targets (medians reported). Prints a table with the ratios gateway/nginx and writes it into `benches/README.md`. Also reports the RSS of `faas`
 //! idle and with 10 000 functions registered.
 
 mod common;

@@ -432,3 +432,35 @@ async fn keep_alive_pipelining_and_bodies_small_large_and_chunked_pass_intact() 
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.bytes().await.unwrap().to_vec(), pattern(3_000_000));
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_request_frees_its_slot_at_once() {
+    let faas = Faas::start().await;
+    faas.deploy_ok("tool", "tests/functions/tool.py", "", 1)
+        .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let r = impatient
+        .get(faas.url("/gateway/tool/slow?s=5"))
+        .send()
+        .await;
+    assert!(r.is_err(), "the client gave up first");
+    // The function still works for seconds; the gateway let the request go with its client.
+    let freed = faas
+        .wait_status("tool", "inflight", Duration::from_secs(3), |v| v == 0)
+        .await;
+    assert!(
+        freed && started.elapsed() < Duration::from_secs(4),
+        "inflight stayed up"
+    );
+    let (_, metrics) = faas.call("/metrics").await;
+    assert_eq!(
+        faas.metric("faas_gateway_requests_total{code=\"499\",function=\"tool\"}")
+            .await,
+        1.0,
+        "{metrics}"
+    );
+}

@@ -93,9 +93,9 @@ pub fn parse_request<'a>(
                 }
             }
         } else if name.eq_ignore_ascii_case(b"host") {
-            host = Some(h.value);
+            host.get_or_insert(h.value);
         } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            xff = Some(h.value);
+            xff.get_or_insert(h.value);
         }
     }
     let body_len = body_len.unwrap_or(0);
@@ -133,13 +133,28 @@ pub fn parse_request<'a>(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"X-Forwarded-For: ");
-    if let Some(prev) = xff {
-        out.extend_from_slice(prev);
-        out.extend_from_slice(b", ");
+    match (xff, client_ip.is_empty()) {
+        (Some(prev), false) => {
+            out.extend_from_slice(b"X-Forwarded-For: ");
+            out.extend_from_slice(prev);
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(client_ip.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        (None, false) => {
+            out.extend_from_slice(b"X-Forwarded-For: ");
+            out.extend_from_slice(client_ip.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        // No client address (not TCP): the header stays as the client sent it.
+        (Some(prev), true) => {
+            out.extend_from_slice(b"X-Forwarded-For: ");
+            out.extend_from_slice(prev);
+            out.extend_from_slice(b"\r\n");
+        }
+        (None, true) => {}
     }
-    out.extend_from_slice(client_ip.as_bytes());
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
     if let Some(h) = host {
         out.extend_from_slice(b"X-Forwarded-Host: ");
         out.extend_from_slice(h);
@@ -191,22 +206,46 @@ pub struct ResponseHead {
     pub http10: bool,
 }
 
+/// Headers a response may carry, as Pingora allows.
+const MAX_RESPONSE_HEADERS: usize = 256;
+
 /// The response head at the start of `buf`; `Ok(None)` while incomplete, `Err` when it is not
-/// HTTP or its framing is contradictory.
+/// HTTP/1 or its framing is contradictory (`Content-Length` with chunks, or two lengths).
+/// Parsed as leniently as Pingora parses responses (spaces before the colon, folded lines).
 pub fn parse_response(buf: &[u8], head_method: bool) -> Result<Option<ResponseHead>, Malformed> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    match parse_response_with(buf, head_method, &mut headers) {
+        Err(Some(httparse::Error::TooManyHeaders)) => {
+            let mut more = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+            parse_response_with(buf, head_method, &mut more).map_err(|_| Malformed)
+        }
+        r => r.map_err(|_| Malformed),
+    }
+}
+
+/// [`parse_response`] with room for `headers.len()` headers; `Err(Some(_))` is httparse's error.
+fn parse_response_with<'b>(
+    buf: &'b [u8],
+    head_method: bool,
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Option<ResponseHead>, Option<httparse::Error>> {
+    let mut resp = httparse::Response::new(headers);
+    let mut config = httparse::ParserConfig::default();
+    config
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true);
+    let len = match config.parse_response(&mut resp, buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(Malformed),
+        Err(e) => return Err(Some(e)),
     };
     let (Some(status), Some(version)) = (resp.code, resp.version) else {
-        return Err(Malformed);
+        return Err(None);
     };
     let mut keep_alive = version == 1;
     let mut close = false;
     let mut length = None;
+    let mut encoded = false;
     let mut chunked = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
@@ -214,13 +253,15 @@ pub fn parse_response(buf: &[u8], head_method: bool) -> Result<Option<ResponseHe
             let n = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(Malformed)?;
+                .ok_or(None)?;
             if length.is_some_and(|prev| prev != n) {
-                return Err(Malformed);
+                return Err(None);
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // The last coding decides: chunked, or (anything else) the body runs until close.
             let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            encoded = true;
             chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|&b| b == b',') {
@@ -234,11 +275,15 @@ pub fn parse_response(buf: &[u8], head_method: bool) -> Result<Option<ResponseHe
             }
         }
     }
+    if encoded && length.is_some() {
+        // Two framings: a client trusting the other one would lose track of the connection.
+        return Err(None);
+    }
     let framing = if head_method || (100..200).contains(&status) || status == 204 || status == 304 {
         Framing::Length(0)
     } else if chunked {
         Framing::Chunked(Chunked::default())
-    } else if let Some(n) = length {
+    } else if let (false, Some(n)) = (encoded, length) {
         Framing::Length(n)
     } else {
         keep_alive = false;
@@ -260,6 +305,8 @@ pub fn parse_response(buf: &[u8], head_method: bool) -> Result<Option<ResponseHe
 pub struct Chunked {
     state: ChunkState,
     size: u64,
+    /// A hex digit of the current size line has been read.
+    digits: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -267,6 +314,8 @@ enum ChunkState {
     /// Reading the hex size.
     #[default]
     Size,
+    /// Whitespace after the size, before `;` or the line's end.
+    SizeWs,
     /// After the size: an extension, up to the line's end.
     Extension,
     /// Expecting the `\n` that ends the size line.
@@ -298,13 +347,22 @@ impl Chunked {
                 ChunkState::Size => match b {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
                         let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
+                        self.digits = true;
                         self.size = self
                             .size
                             .checked_mul(16)
                             .and_then(|s| s.checked_add(digit))
                             .ok_or(Malformed)?;
                     }
-                    b';' | b' ' | b'\t' => self.state = ChunkState::Extension,
+                    _ if !self.digits => return Err(Malformed),
+                    b';' => self.state = ChunkState::Extension,
+                    b' ' | b'\t' => self.state = ChunkState::SizeWs,
+                    b'\r' => self.state = ChunkState::SizeLf,
+                    _ => return Err(Malformed),
+                },
+                ChunkState::SizeWs => match b {
+                    b' ' | b'\t' => {}
+                    b';' => self.state = ChunkState::Extension,
                     b'\r' => self.state = ChunkState::SizeLf,
                     _ => return Err(Malformed),
                 },
@@ -317,6 +375,7 @@ impl Chunked {
                     if b != b'\n' {
                         return Err(Malformed);
                     }
+                    self.digits = false;
                     self.state = if self.size == 0 {
                         ChunkState::TrailerStart
                     } else {
@@ -465,6 +524,50 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(head("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
+        // Two framings, or two lengths: refused, not guessed.
+        let both = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n";
+        assert!(head(both, false).is_err());
+        assert!(head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            false
+        )
+        .is_err());
+        // A coding other than chunked last: the body runs until close.
+        let r = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.framing, r.keep_alive), (Framing::UntilClose, false));
+        // 1xx and 304 have no body; HTTP/1.0 keeps alive only when it says so.
+        let r = head("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.status, r.framing), (103, Framing::Length(0)));
+        let r = head(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.framing, Framing::Length(0));
+        let r = head(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (r.keep_alive, r.http10, r.framing),
+            (true, true, Framing::Length(2))
+        );
+        // Up to 256 headers, as Pingora allows; spaces before the colon are tolerated.
+        let many = format!(
+            "HTTP/1.1 200 OK\r\n{}Content-Length : 0\r\n\r\n",
+            "Set-Cookie: a=b\r\n".repeat(200)
+        );
+        assert_eq!(
+            head(&many, false).unwrap().unwrap().framing,
+            Framing::Length(0)
+        );
     }
 
     #[test]
@@ -482,6 +585,21 @@ mod tests {
             assert!(c.done(), "split at {split}");
         }
         assert!(Chunked::default().feed(b"zz\r\n").is_err());
+        assert!(
+            Chunked::default().feed(b" 5\r\n").is_err(),
+            "no digit before the space"
+        );
+        assert!(
+            Chunked::default().feed(b"5 5\r\n").is_err(),
+            "a second number"
+        );
+        assert!(
+            Chunked::default().feed(b"\r\n").is_err(),
+            "an empty size line"
+        );
+        let mut c = Chunked::default();
+        assert_eq!(c.feed(b"3 ;x\r\nabc\r\n0\r\n\r\n").unwrap(), 16);
+        assert!(c.done());
         assert!(Chunked::default().feed(b"1\r\nab").is_err());
     }
 }

@@ -46,6 +46,8 @@ use pool::Pool;
 
 /// Bytes read at a time.
 const READ_CHUNK: usize = 4096;
+/// A response head larger than this is refused (Pingora's limit).
+const MAX_RESPONSE_HEAD: usize = 1024 * 1024;
 /// Bytes read at a time from a replica once its response head is in.
 const BODY_CHUNK: usize = 16 * 1024;
 /// A request or response head larger than this is not the fast path's.
@@ -90,7 +92,7 @@ struct Conn {
     /// `active` and pushed back. One timer per connection, not one per read: arming a timer
     /// on an empty timer wheel wakes the runtime's driver with a syscall.
     idle: Pin<Box<Sleep>>,
-    /// When the connection last finished a response, or opened.
+    /// When the connection last received bytes or finished a response, or opened.
     active: Instant,
     /// Resolves when the server shuts down.
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -101,17 +103,21 @@ struct Conn {
 
 impl Conn {
     /// Reads more of the client's bytes into `buf`; `Err` when the client is gone, silent for
-    /// too long, or the server shuts down.
+    /// too long, or the server shuts down while no request is under way.
     async fn read_more(&mut self) -> Result<(), ()> {
         self.buf.reserve(READ_CHUNK);
+        let between_requests = self.buf.is_empty();
         loop {
             tokio::select! {
                 biased;
                 r = self.io.read_buf(&mut self.buf) => return match r {
-                    Ok(n) if n > 0 => Ok(()),
+                    Ok(n) if n > 0 => {
+                        self.active = Instant::now();
+                        Ok(())
+                    }
                     _ => Err(()),
                 },
-                _ = self.stop.as_mut() => return Err(()),
+                _ = self.stop.as_mut(), if between_requests => return Err(()),
                 _ = self.idle.as_mut() => {
                     let deadline = self.active + CLIENT_TIMEOUT;
                     if Instant::now() >= deadline {
@@ -380,13 +386,24 @@ impl FastPath {
                     c.resp.drain(..h.len);
                     continue;
                 }
+                // Never asked for (the fast path forwards no upgrade): not a response to pass on.
+                Ok(Some(h)) if h.status == 101 => {
+                    return Err(upstream(sent, "it switched protocols without being asked"))
+                }
                 Ok(Some(h)) => break h,
-                Ok(None) if c.resp.len() < MAX_HEAD => {}
+                Ok(None) if c.resp.len() < MAX_RESPONSE_HEAD => {}
                 Ok(None) => return Err(upstream(sent, "its response head is too large")),
                 Err(_) => return Err(upstream(sent, "its response is not valid HTTP/1")),
             }
             c.resp.reserve(READ_CHUNK);
-            match up.read_buf(&mut c.resp).await {
+            // While the function works, a client that goes away ends the request (pipelined
+            // bytes it sends meanwhile are kept).
+            let read = tokio::select! {
+                biased;
+                r = up.read_buf(&mut c.resp) => r,
+                _ = client_gone(&mut c.io, &mut c.buf) => return Err(Relay::Client { status: 499 }),
+            };
+            match read {
                 Ok(n) if n > 0 => {}
                 _ if c.resp.is_empty() && !sent => return Err(Relay::Closed),
                 Ok(_) => return Err(upstream(sent, "it closed the connection mid-response")),
@@ -409,8 +426,14 @@ impl FastPath {
             reusable = false; // more than the response: do not trust the connection
         }
         if head.http10 && known_end {
+            // httparse skips empty lines before the status line; so does the rewrite.
+            let at = c
+                .resp
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
             c.io.write_all(b"HTTP/1.1").await.map_err(client)?;
-            write_flush(&mut c.io, &c.resp[8..end])
+            write_flush(&mut c.io, &c.resp[at + 8..end])
                 .await
                 .map_err(client)?;
         } else {

@@ -7,6 +7,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -40,12 +41,18 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection to `replica` that is still young enough.
+    /// The most recently used idle connection to `replica` that is still young enough and
+    /// has received nothing since its last response. Bytes or an EOF arriving on an idle
+    /// connection mean the replica sent more than the response, or closed it: reusing it would
+    /// hand those bytes to the next request as its response (as nginx and Pingora do, the check
+    /// is the readiness the I/O driver has seen, without a syscall).
     pub fn take(&self, replica: u64) -> Option<TcpStream> {
         IDLE.with_borrow_mut(|idle| {
+            self.sweep(idle, Instant::now());
             let conns = idle.by_replica.get_mut(&replica)?;
+            let mut cx = Context::from_waker(Waker::noop());
             while let Some((conn, since)) = conns.pop() {
-                if since.elapsed() < self.max_idle {
+                if since.elapsed() < self.max_idle && conn.poll_read_ready(&mut cx).is_pending() {
                     return Some(conn);
                 }
             }
@@ -78,6 +85,23 @@ impl Pool {
         }
     }
 
+    /// Every `max_idle`, closes the connections idle longer than that (including those of
+    /// replicas that are gone).
+    fn sweep(&self, idle: &mut Idle, now: Instant) {
+        if idle
+            .swept
+            .is_some_and(|t| now.duration_since(t) <= self.max_idle)
+        {
+            return;
+        }
+        idle.swept = Some(now);
+        let max_idle = self.max_idle;
+        idle.by_replica.retain(|_, conns| {
+            conns.retain(|(_, since)| now.duration_since(*since) < max_idle);
+            !conns.is_empty()
+        });
+    }
+
     /// How many idle connections this thread keeps.
     pub fn idle(&self) -> usize {
         IDLE.with_borrow(|i| i.by_replica.values().map(Vec::len).sum())
@@ -89,19 +113,38 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn reuses_young_connections_and_drops_old_ones() {
+    async fn reuses_young_quiet_connections_only() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let pool = Pool::new(Duration::from_millis(200), 2);
+        let pool = Pool::new(Duration::from_millis(300), 2);
+        let mut accepted = Vec::new();
         for _ in 0..3 {
             pool.put(7, TcpStream::connect(addr).await.unwrap());
+            accepted.push(listener.accept().await.unwrap().0);
         }
         assert_eq!(pool.idle(), 2, "capped per replica");
-        assert!(pool.take(7).is_some());
         assert!(pool.take(8).is_none());
-        tokio::time::sleep(Duration::from_millis(250)).await;
+
+        // A replica that sends bytes on an idle connection, or closes it: not reused.
+        use tokio::io::AsyncWriteExt;
+        let chatty = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        pool.put(9, chatty);
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            pool.take(9).is_none(),
+            "a connection with unread bytes was reused"
+        );
+
+        // Too old: not reused, and swept from replicas nobody asks for.
+        pool.put(10, TcpStream::connect(addr).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(350)).await;
         assert!(pool.take(7).is_none(), "too old to reuse");
-        pool.put(9, TcpStream::connect(addr).await.unwrap());
-        assert_eq!(pool.idle(), 1, "the sweep dropped the stale ones");
+        assert_eq!(
+            pool.idle(),
+            0,
+            "the sweep closed replica 10's stale connection"
+        );
     }
 }
