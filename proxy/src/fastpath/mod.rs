@@ -17,6 +17,7 @@
 pub mod http1;
 mod local;
 pub mod pool;
+mod threads;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -74,8 +75,10 @@ pub struct FastPath {
     prefix: String,
     bounds: Bounds,
     pool: Pool,
-    /// Move each client socket to the runtime of the thread that serves it (see [`local`]).
+    /// Spread connections over Pingora's single-threaded runtimes ([`threads`]) and move
+    /// each client socket to the runtime of the thread that serves it ([`local`]).
     localize: bool,
+    threads: threads::Threads,
 }
 
 /// One client connection's buffers.
@@ -186,6 +189,7 @@ impl FastPath {
             },
             pool: Pool::new(UPSTREAM_IDLE, UPSTREAM_IDLE_PER_REPLICA),
             localize: !server.work_stealing && server.threads > 1,
+            threads: threads::Threads::default(),
         }
     }
 
@@ -509,11 +513,41 @@ fn advance(
 #[async_trait]
 impl ServerApp for FastPath {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let io = if self.localize {
-            local::to_this_thread(io)?
-        } else {
-            io
-        };
+        if !self.localize {
+            return self.serve_connection(io, shutdown).await;
+        }
+        match self.threads.place() {
+            (None, open) => {
+                let io = local::to_this_thread(io)?;
+                let served = self.serve_connection(io, shutdown).await;
+                drop(open);
+                served
+            }
+            (Some(elsewhere), open) => {
+                let (this, shutdown) = (self.clone(), shutdown.clone());
+                let moved = elsewhere.spawn(async move {
+                    let io = local::to_this_thread(io)?;
+                    let served = this.serve_connection(io, &shutdown).await;
+                    drop(open);
+                    served
+                });
+                moved.await.ok().flatten()
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.fallback.cleanup().await
+    }
+}
+
+impl FastPath {
+    /// Serves the requests of one client connection, on this thread.
+    async fn serve_connection(
+        self: &Arc<Self>,
+        io: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let client_ip = io
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
@@ -561,12 +595,6 @@ impl ServerApp for FastPath {
         }
     }
 
-    async fn cleanup(&self) {
-        self.fallback.cleanup().await
-    }
-}
-
-impl FastPath {
     /// Hands the connection to Pingora's proxy, with what was read of it put back.
     async fn fall_back(self: &Arc<Self>, c: Conn, shutdown: &ShutdownWatch) -> Option<Stream> {
         let io = if c.buf.is_empty() {
