@@ -1,5 +1,6 @@
 //! criterion micro-benchmarks of the per-request work of the gateway: the route lookup with
-//! 10 000 functions registered, the path rewrite, and the endpoint selection.
+//! 10 000 functions registered, the path rewrite, the endpoint selection, and the fast path's
+//! parsing: a request head parsed and rewritten for the function, a response head parsed.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -7,7 +8,7 @@ use std::net::SocketAddr;
 use control::function::FunctionSpec;
 use control::registry::Registry;
 use criterion::{criterion_group, criterion_main, Criterion};
-use proxy::routes;
+use proxy::{fastpath, routes};
 
 fn spec(name: String) -> FunctionSpec {
     FunctionSpec {
@@ -56,5 +57,37 @@ fn endpoint_selection(c: &mut Criterion) {
     );
 }
 
-criterion_group!(hotpath, route_lookup, path_rewrite, endpoint_selection);
+fn fast_path_parsing(c: &mut Criterion) {
+    // What wrk and a browser-like client send, and what a small JSON function answers.
+    let request = b"GET /gateway/service-05000/echo/items?page=2&size=10 HTTP/1.1\r\n\
+        Host: faas.example:8080\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\
+        Accept-Encoding: gzip, deflate\r\nX-Request-Id: 4f1c2b8e\r\n\r\n";
+    let response = b"HTTP/1.1 200 OK\r\ndate: Fri, 27 Nov 2026 13:00:00 GMT\r\n\
+        server: uvicorn\r\ncontent-length: 27\r\ncontent-type: application/json\r\n\r\n\
+        {\"message\":\"hello, world\"}";
+    let mut out = Vec::with_capacity(512);
+    c.bench_function("fast path: parse and rewrite a request head", |b| {
+        b.iter(|| {
+            let parsed = fastpath::http1::parse_request(
+                black_box(request),
+                "/gateway",
+                "127.0.0.1",
+                65536,
+                &mut out,
+            );
+            matches!(parsed, fastpath::http1::Parsed::Forward(_))
+        })
+    });
+    c.bench_function("fast path: parse a response head", |b| {
+        b.iter(|| fastpath::http1::parse_response(black_box(response), false).is_ok())
+    });
+}
+
+criterion_group!(
+    hotpath,
+    route_lookup,
+    path_rewrite,
+    endpoint_selection,
+    fast_path_parsing
+);
 criterion_main!(hotpath);
