@@ -340,12 +340,8 @@ impl FastPath {
                         why: "it closed the connection without answering".into(),
                     }
                 }
-                Err(Relay::Upstream { sent, why }) => {
-                    return Exchange::Failed {
-                        status: 502,
-                        sent,
-                        why,
-                    }
+                Err(Relay::Upstream { sent, why, status }) => {
+                    return Exchange::Failed { status, sent, why }
                 }
                 Err(Relay::Client { status }) => {
                     return Exchange::Done {
@@ -378,6 +374,7 @@ impl FastPath {
         let upstream = |sent: bool, why: &str| Relay::Upstream {
             sent,
             why: why.to_string(),
+            status: 502,
         };
         // The head, after any informational (1xx) responses.
         let head = loop {
@@ -416,6 +413,12 @@ impl FastPath {
         };
         let status = head.status;
         let client = |_| Relay::Client { status };
+        // Once the head is out, a failure is recorded with the status the client got.
+        let midway = |why: &str| Relay::Upstream {
+            sent: true,
+            why: why.to_string(),
+            status,
+        };
         let mut framing = head.framing;
         let known_end = !matches!(framing, Framing::UntilClose);
         let keep_client = known_end && !head.close;
@@ -451,17 +454,17 @@ impl FastPath {
             c.resp.reserve(BODY_CHUNK);
             let n = match up.read_buf(&mut c.resp).await {
                 Ok(n) => n,
-                Err(e) => return Err(upstream(true, &format!("reading its response: {e}"))),
+                Err(e) => return Err(midway(&format!("reading its response: {e}"))),
             };
             if n == 0 {
                 if matches!(framing, Framing::UntilClose) {
                     break;
                 }
-                return Err(upstream(true, "it closed the connection mid-response"));
+                return Err(midway("it closed the connection mid-response"));
             }
             let mut end = n;
             done = advance(&mut framing, &c.resp, &mut end, 0)
-                .map_err(|_| upstream(true, "its chunked body is malformed"))?;
+                .map_err(|_| midway("its chunked body is malformed"))?;
             if end < n {
                 reusable = false;
             }
@@ -477,8 +480,13 @@ impl FastPath {
 enum Relay {
     /// The replica closed the connection before sending anything.
     Closed,
-    /// The replica failed; `sent`: part of the response already went to the client.
-    Upstream { sent: bool, why: String },
+    /// The replica failed; `sent`: part of the response already went to the client, whose
+    /// status (or 502 before) is `status`.
+    Upstream {
+        sent: bool,
+        why: String,
+        status: u16,
+    },
     /// The client went away.
     Client { status: u16 },
 }
