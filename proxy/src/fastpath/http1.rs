@@ -70,9 +70,7 @@ pub fn parse_request<'a>(
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok());
+            let n = content_length(h.value).and_then(|n| usize::try_from(n).ok());
             match (n, body_len) {
                 (Some(n), None) => body_len = Some(n),
                 (Some(n), Some(prev)) if n == prev => {}
@@ -84,8 +82,7 @@ pub fn parse_request<'a>(
         {
             return Parsed::Fallback;
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in h.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
+            for token in tokens(h.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"upgrade") {
@@ -177,6 +174,16 @@ pub fn parse_request<'a>(
 #[error("malformed HTTP/1 response")]
 pub struct Malformed;
 
+/// A `Content-Length` value.
+fn content_length(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+/// The comma-separated tokens of a header value (`Connection: keep-alive, Upgrade`), trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
 /// How a response's body is delimited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Framing {
@@ -250,10 +257,7 @@ fn parse_response_with<'b>(
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(None)?;
+            let n = content_length(h.value).ok_or(None)?;
             if length.is_some_and(|prev| prev != n) {
                 return Err(None);
             }
@@ -264,8 +268,7 @@ fn parse_response_with<'b>(
             encoded = true;
             chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in h.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
+            for token in tokens(h.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     keep_alive = false;
                     close = true;
