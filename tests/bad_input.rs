@@ -237,3 +237,36 @@ fn bad_configuration_stops_start_up_naming_the_variable() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("REAPER_POLL_EVERY"), "{err}");
 }
+
+#[tokio::test]
+async fn the_admin_api_is_rate_limited_per_client_as_the_original_was() {
+    let faas = Faas::start_with(&[("FAAS_ADMIN_RATE_LIMIT", "3")]).await;
+    for _ in 0..3 {
+        assert_eq!(faas.admin("GET", "/admin/functions", None).await.0, 200);
+    }
+    let resp = faas
+        .http
+        .get(faas.url("/admin/functions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let wait: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&wait), "Retry-After: {wait}");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], 429);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("FAAS_ADMIN_RATE_LIMIT"),
+        "{v}"
+    );
+    // Only the admin API is limited.
+    assert_eq!(faas.call("/health").await.0, 200);
+    assert_eq!(faas.call("/gateway/nothing/").await.0, 404);
+}

@@ -136,6 +136,8 @@ fn values_reach_the_gateway() {
         "--set",
         "activation.maxPending=7",
         "--set",
+        "adminRateLimit=0",
+        "--set",
         "functions.image=example.org/uv:1",
     ]);
     let dep = find(&docs, "Deployment", "faas-gateway");
@@ -150,5 +152,6 @@ fn values_reach_the_gateway() {
     };
     assert_eq!(get("REAPER_TIME_TO_LIVE"), "5m");
     assert_eq!(get("FAAS_ACTIVATION_MAX_PENDING"), "7");
+    assert_eq!(get("FAAS_ADMIN_RATE_LIMIT"), "0");
     assert_eq!(get("FAAS_FUNCTION_IMAGE"), "example.org/uv:1");
 }

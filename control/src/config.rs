@@ -55,6 +55,9 @@ pub struct Config {
     pub activation_timeout: Duration,
     /// `FAAS_ACTIVATION_MAX_PENDING`: requests held per function while it starts (503 beyond).
     pub activation_max_pending: usize,
+    /// `FAAS_ADMIN_RATE_LIMIT`: admin requests per minute per client IP (429 beyond), as the
+    /// original limited them; 0 turns the limit off.
+    pub admin_rate_limit: u32,
     /// `FAAS_UV`: the `uv` executable.
     pub uv: String,
     /// `FAAS_AUTOSCALE_WINDOW`: the window in-flight requests are averaged over.
@@ -104,6 +107,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("FAAS_DEPLOY_TIMEOUT", "60s"),
     ("FAAS_ACTIVATION_TIMEOUT", "60s"),
     ("FAAS_ACTIVATION_MAX_PENDING", "1000"),
+    ("FAAS_ADMIN_RATE_LIMIT", "10"),
     ("FAAS_UV", "uv"),
     ("FAAS_AUTOSCALE_WINDOW", "10s"),
     ("FAAS_SCALE_DOWN_DELAY", "30s"),
@@ -198,6 +202,7 @@ impl Config {
             deploy_timeout: duration(&get, "FAAS_DEPLOY_TIMEOUT")?,
             activation_timeout: duration(&get, "FAAS_ACTIVATION_TIMEOUT")?,
             activation_max_pending: number(&get, "FAAS_ACTIVATION_MAX_PENDING")?,
+            admin_rate_limit: number(&get, "FAAS_ADMIN_RATE_LIMIT")?,
             uv: get("FAAS_UV"),
             autoscale_window: duration(&get, "FAAS_AUTOSCALE_WINDOW")?,
             scale_down_delay: duration(&get, "FAAS_SCALE_DOWN_DELAY")?,
@@ -297,6 +302,7 @@ mod tests {
         assert_eq!(c.reaper_time_to_live, Duration::from_secs(30));
         assert_eq!(c.path_prefix, "/gateway");
         assert_eq!(c.max_body_bytes, 8 << 20);
+        assert_eq!(c.admin_rate_limit, 10);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::activator::{self, Bounds, Refusal};
 use crate::metrics::Metrics;
+use crate::ratelimit::AdminLimit;
 use crate::{respond, routes};
 
 /// The gateway. Shared by all connections; everything in it is cheap to read concurrently.
@@ -25,6 +26,7 @@ pub struct Gateway {
     admin: Admin,
     metrics: Arc<Metrics>,
     bounds: Bounds,
+    admin_limit: AdminLimit,
 }
 
 /// Per-request state.
@@ -54,6 +56,7 @@ impl Gateway {
             max_pending: cfg.activation_max_pending,
         };
         Gateway {
+            admin_limit: AdminLimit::new(cfg.admin_rate_limit),
             cfg,
             registry,
             admin,
@@ -62,8 +65,24 @@ impl Gateway {
         }
     }
 
-    /// Serves `/admin/*`: token, body limit, then the admin API.
+    /// Serves `/admin/*`: rate limit, token, body limit, then the admin API.
     async fn serve_admin(&self, session: &mut Session) -> Result<()> {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(Err(wait)) = client.map(|ip| self.admin_limit.check(ip)) {
+            let msg = format!(
+                "more than {} admin requests per minute from {} (FAAS_ADMIN_RATE_LIMIT); retry in {wait} s",
+                self.admin_limit.per_minute,
+                client.map(|ip| ip.to_string()).unwrap_or_default()
+            );
+            self.metrics
+                .admin
+                .with_label_values(&["rate_limited", "429"])
+                .inc();
+            return respond::error(session, 429, &msg, &[("Retry-After", wait.to_string())]).await;
+        }
         let header = |s: &Session, name: &str| {
             s.req_header()
                 .headers

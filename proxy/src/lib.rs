@@ -10,6 +10,7 @@ pub mod fastpath;
 pub mod gateway;
 pub mod lifecycle;
 pub mod metrics;
+pub mod ratelimit;
 pub mod respond;
 pub mod routes;
 pub mod signals;

@@ -120,6 +120,8 @@ impl Faas {
             .env("FAAS_STATE_DIR", &self.state)
             .env("FAAS_UV", uv())
             .env("LOG_LEVEL", "info")
+            // Tests poll the admin API; the original's 10 per minute is tested on its own.
+            .env("FAAS_ADMIN_RATE_LIMIT", "0")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
