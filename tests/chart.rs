@@ -153,5 +153,6 @@ fn values_reach_the_gateway() {
     assert_eq!(get("REAPER_TIME_TO_LIVE"), "5m");
     assert_eq!(get("FAAS_ACTIVATION_MAX_PENDING"), "7");
     assert_eq!(get("FAAS_ADMIN_RATE_LIMIT"), "0");
+    assert_eq!(get("FAAS_PIN_THREADS"), "false");
     assert_eq!(get("FAAS_FUNCTION_IMAGE"), "example.org/uv:1");
 }

@@ -58,6 +58,9 @@ pub struct Config {
     /// `FAAS_ADMIN_RATE_LIMIT`: admin requests per minute per client IP (429 beyond), as the
     /// original limited them; 0 turns the limit off.
     pub admin_rate_limit: u32,
+    /// `FAAS_PIN_THREADS`: pin each of the gateway's threads to its own CPU (with
+    /// `work_stealing: false`), as nginx's `worker_cpu_affinity auto` does.
+    pub pin_threads: bool,
     /// `FAAS_UV`: the `uv` executable.
     pub uv: String,
     /// `FAAS_AUTOSCALE_WINDOW`: the window in-flight requests are averaged over.
@@ -108,6 +111,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("FAAS_ACTIVATION_TIMEOUT", "60s"),
     ("FAAS_ACTIVATION_MAX_PENDING", "1000"),
     ("FAAS_ADMIN_RATE_LIMIT", "10"),
+    ("FAAS_PIN_THREADS", "true"),
     ("FAAS_UV", "uv"),
     ("FAAS_AUTOSCALE_WINDOW", "10s"),
     ("FAAS_SCALE_DOWN_DELAY", "30s"),
@@ -203,6 +207,7 @@ impl Config {
             activation_timeout: duration(&get, "FAAS_ACTIVATION_TIMEOUT")?,
             activation_max_pending: number(&get, "FAAS_ACTIVATION_MAX_PENDING")?,
             admin_rate_limit: number(&get, "FAAS_ADMIN_RATE_LIMIT")?,
+            pin_threads: flag(&get, "FAAS_PIN_THREADS")?,
             uv: get("FAAS_UV"),
             autoscale_window: duration(&get, "FAAS_AUTOSCALE_WINDOW")?,
             scale_down_delay: duration(&get, "FAAS_SCALE_DOWN_DELAY")?,
@@ -234,6 +239,15 @@ fn duration(get: &impl Fn(&str) -> String, name: &str) -> Result<Duration> {
             &v,
             &format!("expected a duration such as 10s, 2m or 1h30m ({e})"),
         )),
+    }
+}
+
+fn flag(get: &impl Fn(&str) -> String, name: &str) -> Result<bool> {
+    let v = get(name);
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(invalid(name, &v, "expected true or false")),
     }
 }
 
@@ -303,6 +317,8 @@ mod tests {
         assert_eq!(c.path_prefix, "/gateway");
         assert_eq!(c.max_body_bytes, 8 << 20);
         assert_eq!(c.admin_rate_limit, 10);
+        assert!(c.pin_threads);
+        assert!(!with(&[("FAAS_PIN_THREADS", "false")]).unwrap().pin_threads);
     }
 
     #[test]
@@ -324,6 +340,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("GATEWAY_PATH_PREFIX"), "{e}");
+        let e = with(&[("FAAS_PIN_THREADS", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FAAS_PIN_THREADS"), "{e}");
         let e = with(&[("FAAS_RUNTIME", "docker")]).unwrap_err().to_string();
         assert!(e.contains("FAAS_RUNTIME"), "{e}");
     }

@@ -189,7 +189,7 @@ impl FastPath {
             },
             pool: Pool::new(UPSTREAM_IDLE, UPSTREAM_IDLE_PER_REPLICA),
             localize: !server.work_stealing && server.threads > 1,
-            threads: threads::Threads::default(),
+            threads: threads::Threads::new(cfg.pin_threads),
         }
     }
 

