@@ -1,6 +1,7 @@
 //! The control side of Poorman FaaS: the function model, PEP 723 parsing, the admin API,
 //! the live registry of functions the gateway routes from, and the runtimes that run them.
-#![forbid(unsafe_code)]
+// One documented exception: `runtime::local::affinity` resets a child's CPU mask before exec.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod admin;

@@ -61,6 +61,8 @@ fn run() -> anyhow::Result<()> {
     };
     let cfg = Arc::new(Config::load(yaml.as_deref())?);
     raise_fd_limit();
+    // Before any gateway thread is pinned: function processes get all of these CPUs.
+    control::runtime::local::affinity::remember_process_cpus();
     env_logger::Builder::new()
         .parse_filters(&format!(
             "warn,faas={0},proxy={0},control={0}",

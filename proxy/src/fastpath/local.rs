@@ -24,13 +24,18 @@ pub fn to_this_thread(io: Stream) -> Option<Stream> {
     let fd = duplicate(&l4)
         .map_err(|e| log::warn!("could not move a client connection: {e}"))
         .ok()?;
+    // The address Pingora read at accept (asking again fails once the client has reset).
+    let peer = l4.get_socket_digest().and_then(|d| d.peer_addr().cloned());
     // Closing the original fd deregisters it from the accepting thread; the socket stays open.
     drop(l4);
     let std = std::net::TcpStream::from(fd);
     let tcp = tokio::net::TcpStream::from_std(std).ok()?;
     let mut moved = L4Stream::from(tcp);
-    // The client's address is read again from the socket when it is needed.
-    moved.set_socket_digest(SocketDigest::from_raw_fd(moved.as_raw_fd()));
+    let digest = SocketDigest::from_raw_fd(moved.as_raw_fd());
+    if let Some(peer) = peer {
+        let _ = digest.peer_addr.set(Some(peer));
+    }
+    moved.set_socket_digest(digest);
     Some(Box::new(moved))
 }
 

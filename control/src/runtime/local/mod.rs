@@ -1,5 +1,6 @@
 //! The local runtime: functions as child processes on this machine, kept in a state directory.
 
+pub mod affinity;
 mod listen;
 mod replica;
 mod store;

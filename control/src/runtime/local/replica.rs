@@ -191,6 +191,7 @@ fn spawn(ctx: &ReplicaCtx, port: u16, tag: &str) -> std::io::Result<(Child, Vec<
     let mut cmd = Command::new(&ctx.uv);
     cmd.arg("run").arg("--script").arg(&ctx.script);
     super::uv::no_downloads_unless_asked(&mut cmd);
+    super::affinity::unpinned(&mut cmd);
     cmd.envs(ctx.env.iter().map(|(k, v)| (k, v)))
         .env("PORT", port.to_string())
         .env("PYTHONUNBUFFERED", "1")

@@ -15,6 +15,7 @@ pub async fn prepare(uv: &str, script: &Path, name: &str) -> Result<()> {
     let mut cmd = Command::new(uv);
     cmd.arg("sync").arg("--script").arg(script);
     no_downloads_unless_asked(&mut cmd);
+    super::affinity::unpinned(&mut cmd);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
