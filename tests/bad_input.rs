@@ -244,12 +244,7 @@ async fn the_admin_api_is_rate_limited_per_client_as_the_original_was() {
     for _ in 0..3 {
         assert_eq!(faas.admin("GET", "/admin/functions", None).await.0, 200);
     }
-    let resp = faas
-        .http
-        .get(faas.url("/admin/functions"))
-        .send()
-        .await
-        .unwrap();
+    let resp = faas.get("/admin/functions").await;
     assert_eq!(resp.status(), 429);
     let wait: u64 = resp.headers()["retry-after"]
         .to_str()

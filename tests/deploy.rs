@@ -95,12 +95,7 @@ async fn server_sent_events_arrive_one_by_one() {
         .await;
     assert_eq!(s, 200, "{r}");
     let start = Instant::now();
-    let resp = faas
-        .http
-        .get(faas.url("/gateway/sse/events"))
-        .send()
-        .await
-        .unwrap();
+    let resp = faas.get("/gateway/sse/events").await;
     assert_eq!(resp.status(), 200);
     let mut stream = resp.bytes_stream();
     let mut arrivals = Vec::new();
@@ -231,12 +226,7 @@ async fn logs_show_the_function_output() {
         )
         .await;
     assert_eq!(s, 200, "{r}");
-    let resp = faas
-        .http
-        .get(faas.url("/admin/functions/logs/logs?tail=5"))
-        .send()
-        .await
-        .unwrap();
+    let resp = faas.get("/admin/functions/logs/logs?tail=5").await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     assert!(text.contains("tool v7 listening on"), "{text}");
@@ -386,36 +376,30 @@ async fn keep_alive_pipelining_and_bodies_small_large_and_chunked_pass_intact() 
     // Request bodies: small (the fast path), large and chunked (Pingora's proxy).
     let pattern = |n: usize| (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
     let sum = |b: &[u8]| b.iter().map(|&x| x as u64).sum::<u64>() % (1 << 32);
-    for n in [10_000, 200_000] {
-        let body = pattern(n);
-        let v: Value = faas
+    // The function's length and byte sum of what it received.
+    let digest = |body: reqwest::Body| async {
+        let resp = faas
             .http
             .post(faas.url("/gateway/tool/digest"))
-            .body(body.clone())
+            .body(body)
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
+        resp.json::<Value>().await.unwrap()
+    };
+    for n in [10_000, 200_000] {
+        let body = pattern(n);
+        let v = digest(body.clone().into()).await;
         assert_eq!(
             (v["len"].as_u64(), v["sum"].as_u64()),
             (Some(n as u64), Some(sum(&body)))
         );
     }
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..10).map(|_| Ok(pattern(5000))).collect();
-    let v: Value = faas
-        .http
-        .post(faas.url("/gateway/tool/digest"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = digest(reqwest::Body::wrap_stream(futures_util::stream::iter(
+        chunks,
+    )))
+    .await;
     assert_eq!(v["chunked"], true);
     assert_eq!(
         (v["len"].as_u64(), v["sum"].as_u64()),
@@ -423,12 +407,7 @@ async fn keep_alive_pipelining_and_bodies_small_large_and_chunked_pass_intact() 
     );
 
     // A large response arrives whole.
-    let resp = faas
-        .http
-        .get(faas.url("/gateway/tool/big?n=3000000"))
-        .send()
-        .await
-        .unwrap();
+    let resp = faas.get("/gateway/tool/big?n=3000000").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.bytes().await.unwrap().to_vec(), pattern(3_000_000));
 }

@@ -307,12 +307,7 @@ async fn deploy_route_scale_to_zero_activate_and_rediscover_on_kubernetes() {
     }
 
     // Logs come from the pods of the function.
-    let logs = faas
-        .http
-        .get(faas.url("/admin/functions/kfn/logs?tail=20"))
-        .send()
-        .await
-        .unwrap();
+    let logs = faas.get("/admin/functions/kfn/logs?tail=20").await;
     assert_eq!(logs.status(), 200);
     let logs = logs.text().await.unwrap();
     assert!(logs.contains("listening on"), "{logs}");

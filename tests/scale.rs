@@ -90,12 +90,7 @@ async fn a_never_ready_function_answers_504_after_the_activation_timeout() {
     faas.deploy_ok("never", "tests/functions/never_ready.py", "", 0)
         .await;
     let started = std::time::Instant::now();
-    let resp = faas
-        .http
-        .get(faas.url("/gateway/never/"))
-        .send()
-        .await
-        .unwrap();
+    let resp = faas.get("/gateway/never/").await;
     assert_eq!(resp.status(), 504);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["code"], 504);
@@ -124,12 +119,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
         faas.wait_status("full", "pending", Duration::from_secs(10), |v| v == 2)
             .await
     );
-    let resp = faas
-        .http
-        .get(faas.url("/gateway/full/"))
-        .send()
-        .await
-        .unwrap();
+    let resp = faas.get("/gateway/full/").await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
     let v: Value = resp.json().await.unwrap();
@@ -172,12 +162,7 @@ async fn a_replica_crashing_on_start_fails_held_requests_with_its_output() {
     let faas = Faas::start().await;
     faas.deploy_ok("crash", "tests/functions/crash_on_start.py", "", 0)
         .await;
-    let resp = faas
-        .http
-        .get(faas.url("/gateway/crash/"))
-        .send()
-        .await
-        .unwrap();
+    let resp = faas.get("/gateway/crash/").await;
     assert_eq!(resp.status(), 502);
     let v: Value = resp.json().await.unwrap();
     let msg = v["message"].as_str().unwrap();

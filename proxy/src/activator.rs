@@ -34,6 +34,16 @@ pub struct Bounds {
     pub max_pending: usize,
 }
 
+impl Bounds {
+    /// The bounds configured by `FAAS_ACTIVATION_TIMEOUT` and `FAAS_ACTIVATION_MAX_PENDING`.
+    pub fn from_config(cfg: &control::config::Config) -> Self {
+        Bounds {
+            timeout: cfg.activation_timeout,
+            max_pending: cfg.activation_max_pending,
+        }
+    }
+}
+
 /// Counts a held request while it lives.
 struct PendingGuard<'a>(&'a FnEntry);
 
@@ -114,6 +124,15 @@ pub async fn acquire(
             )),
         },
         _ = client_gone => Err(refusal(499, "the client went away while held".into(), None)),
+    }
+}
+
+impl Refusal {
+    /// The headers its error response carries: `Retry-After` on 503.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        self.retry_after
+            .map(|s| vec![("Retry-After", s.to_string())])
+            .unwrap_or_default()
     }
 }
 

@@ -45,16 +45,14 @@ pub struct Ctx {
     started: Option<Instant>,
 }
 
-/// Connection attempts per request (a replica may die between pick and connect).
-const MAX_ATTEMPTS: u8 = 3;
+/// Connection attempts per request (a replica may die between pick and connect); the fast path
+/// allows as many.
+pub const MAX_ATTEMPTS: u8 = 3;
 
 impl Gateway {
     /// A gateway over a registry, with its admin API and metrics.
     pub fn new(cfg: Arc<Config>, registry: Registry, admin: Admin, metrics: Arc<Metrics>) -> Self {
-        let bounds = Bounds {
-            timeout: cfg.activation_timeout,
-            max_pending: cfg.activation_max_pending,
-        };
+        let bounds = Bounds::from_config(&cfg);
         Gateway {
             admin_limit: AdminLimit::new(cfg.admin_rate_limit),
             cfg,
@@ -304,14 +302,8 @@ impl ProxyHttp for Gateway {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let name = ctx.entry.as_ref().map(|e| e.name.as_str()).unwrap_or("");
-        let (code, message, extra) = match ctx.refusal.clone() {
-            Some(r) => {
-                let extra: Vec<(&'static str, String)> = r
-                    .retry_after
-                    .map(|s| vec![("Retry-After", s.to_string())])
-                    .unwrap_or_default();
-                (r.status, r.message, extra)
-            }
+        let (code, message, extra) = match ctx.refusal.as_ref() {
+            Some(r) => (r.status, r.message.clone(), r.headers()),
             None => match e.etype() {
                 ErrorType::HTTPStatus(c) => (*c, format!("function {name:?}: {e}"), Vec::new()),
                 _ => match e.esource() {

@@ -199,13 +199,17 @@ impl Faas {
 
     /// GET through the gateway; (status, body text).
     pub async fn call(&self, path: &str) -> (u16, String) {
-        let resp = self
-            .http
+        let resp = self.get(path).await;
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// `GET path` on the gateway port: the response, whatever its status.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
             .get(self.url(path))
             .send()
             .await
-            .expect("gateway request");
-        (resp.status().as_u16(), resp.text().await.unwrap())
+            .expect("gateway request")
     }
 
     /// Its resident memory now, KiB.

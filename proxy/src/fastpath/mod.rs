@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::activator::{self, Bounds};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, MAX_ATTEMPTS};
 use crate::metrics::Metrics;
 use crate::respond;
 use http1::{Framing, Parsed};
@@ -64,8 +64,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
 /// Idle connections kept per replica.
 const UPSTREAM_IDLE_PER_REPLICA: usize = 1024;
-/// Replicas tried for one request (one may die between being picked and being connected to).
-const MAX_ATTEMPTS: u8 = 3;
 
 /// The gateway's connection handler: the fast path, with Pingora's proxy behind it.
 pub struct FastPath {
@@ -183,10 +181,7 @@ impl FastPath {
             registry,
             metrics,
             prefix: cfg.path_prefix.clone(),
-            bounds: Bounds {
-                timeout: cfg.activation_timeout,
-                max_pending: cfg.activation_max_pending,
-            },
+            bounds: Bounds::from_config(cfg),
             pool: Pool::new(UPSTREAM_IDLE, UPSTREAM_IDLE_PER_REPLICA),
             localize: !server.work_stealing && server.threads > 1,
             threads: threads::Threads::new(cfg.pin_threads),
@@ -246,14 +241,10 @@ impl FastPath {
                         Err(refusal) => {
                             flight.code = refusal.status;
                             if refusal.status != 499 {
-                                let extra: Vec<(&'static str, String)> = refusal
-                                    .retry_after
-                                    .map(|s| vec![("Retry-After", s.to_string())])
-                                    .unwrap_or_default();
                                 let bytes = respond::error_bytes(
                                     refusal.status,
                                     &refusal.message,
-                                    &extra,
+                                    &refusal.headers(),
                                     req.head_method,
                                 );
                                 let _ = write_flush(&mut c.io, &bytes).await;
