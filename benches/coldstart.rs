@@ -27,8 +27,7 @@ fn stats(mut v: Vec<f64>) -> (f64, f64) {
 
 async fn scale_to_zero(faas: &Faas, name: &str) {
     let r = faas
-        .http
-        .post(faas.url(&format!("/admin/functions/{name}/scale")))
+        .request("POST", &format!("/admin/functions/{name}/scale"))
         .json(&json!({"replicas": 0}))
         .send()
         .await

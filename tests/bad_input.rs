@@ -105,8 +105,8 @@ async fn each_bad_deploy_gets_a_clear_4xx_and_the_deployed_function_keeps_servin
     ];
     for (what, body, want, needle) in cases {
         let req = match &body {
-            Value::String(raw) => faas.http.post(faas.url("/admin/python")).body(raw.clone()),
-            v => faas.http.post(faas.url("/admin/python")).json(v),
+            Value::String(raw) => faas.request("POST", "/admin/python").body(raw.clone()),
+            v => faas.request("POST", "/admin/python").json(v),
         };
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
@@ -123,8 +123,7 @@ async fn each_bad_deploy_gets_a_clear_4xx_and_the_deployed_function_keeps_servin
     // Too large: 413, told up front from Content-Length.
     let huge = json!({"script": "A".repeat(70_000)});
     let resp = faas
-        .http
-        .post(faas.url("/admin/python"))
+        .request("POST", "/admin/python")
         .json(&huge)
         .send()
         .await
@@ -148,13 +147,7 @@ async fn each_bad_deploy_gets_a_clear_4xx_and_the_deployed_function_keeps_servin
         ("POST", "/admin/functions/nope/scale"),
         ("GET", "/elsewhere"),
     ] {
-        let resp = faas
-            .http
-            .request(method.parse().unwrap(), faas.url(path))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let resp = faas.request(method, path).body("{}").send().await.unwrap();
         assert_eq!(resp.status(), 404, "{method} {path}");
         let v: Value = resp.json().await.unwrap();
         assert_eq!(v["code"], 404, "{method} {path}");

@@ -180,10 +180,16 @@ async fn list_get_update_delete_leave_no_process_behind() {
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["version"], 2);
     assert_eq!(faas.call("/gateway/crud/version").await, (200, "v2".into()));
+    // The old version's processes (sandbox and interpreter) go.
+    let v1 = format!("{}/functions/crud/v1/", faas.state.display());
     assert!(
-        eventually(Duration::from_secs(10), || faas.replica_processes().len()
-            <= 4)
-        .await
+        eventually(Duration::from_secs(10), || harness::processes_mentioning(
+            &v1
+        )
+        .is_empty())
+        .await,
+        "v1 still runs: {:?}",
+        harness::processes_mentioning(&v1)
     );
 
     // Scale.

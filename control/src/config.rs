@@ -43,8 +43,12 @@ pub struct Config {
     pub runtime: RuntimeKind,
     /// `FAAS_STATE_DIR`: where the local runtime keeps its functions.
     pub state_dir: PathBuf,
-    /// `FAAS_ADMIN_TOKEN`: when set, `/admin` needs `Authorization: Bearer <token>`.
+    /// `FAAS_ADMIN_TOKEN`: `/admin` needs `Authorization: Bearer <token>`. When unset, `faas
+    /// serve` generates one into the state directory (see [`crate::token`]).
     pub admin_token: Option<String>,
+    /// `FAAS_ADMIN_OPEN`: serve `/admin` without a token (only with `FAAS_ADMIN_TOKEN` unset or
+    /// empty); a warning is logged at every start.
+    pub admin_open: bool,
     /// `FAAS_MAX_BODY_BYTES`: the largest admin request body (413 beyond).
     pub max_body_bytes: usize,
     /// `FAAS_SHUTDOWN_GRACE`: how long a SIGTERM may take: drain, stop replicas, exit.
@@ -69,6 +73,23 @@ pub struct Config {
     pub scale_down_delay: Duration,
     /// How functions run on Kubernetes.
     pub kube: KubeSettings,
+    /// How functions are confined on the local runtime.
+    pub sandbox: SandboxSettings,
+}
+
+/// How the local runtime confines a replica (see `runtime::local::sandbox`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSettings {
+    /// `FAAS_SANDBOX`: run each replica in a bubblewrap sandbox. Off only when asked.
+    pub enabled: bool,
+    /// `FAAS_BWRAP`: the bubblewrap executable.
+    pub bwrap: String,
+    /// `FAAS_FUNCTION_MEMORY_LIMIT` (shared with Kubernetes), in bytes; 0 for none.
+    pub memory_bytes: u64,
+    /// `FAAS_FUNCTION_MAX_PROCESSES`: processes and threads of one replica; 0 for none.
+    pub max_processes: u64,
+    /// `FAAS_FUNCTION_MAX_OPEN_FILES`: open files of each process of a replica.
+    pub max_open_files: u64,
 }
 
 /// The shape of function pods on Kubernetes.
@@ -105,6 +126,11 @@ const SETTINGS: &[(&str, &str)] = &[
     ("FAAS_RUNTIME", ""),
     ("FAAS_STATE_DIR", ""),
     ("FAAS_ADMIN_TOKEN", ""),
+    ("FAAS_ADMIN_OPEN", "false"),
+    ("FAAS_SANDBOX", "true"),
+    ("FAAS_BWRAP", "bwrap"),
+    ("FAAS_FUNCTION_MAX_PROCESSES", "1024"),
+    ("FAAS_FUNCTION_MAX_OPEN_FILES", "4096"),
     ("FAAS_MAX_BODY_BYTES", "8388608"),
     ("FAAS_SHUTDOWN_GRACE", "10s"),
     ("FAAS_DEPLOY_TIMEOUT", "60s"),
@@ -188,6 +214,22 @@ impl Config {
             ));
         }
         let admin_token = Some(get("FAAS_ADMIN_TOKEN")).filter(|t| !t.is_empty());
+        let admin_open = flag(&get, "FAAS_ADMIN_OPEN")?;
+        if admin_open && admin_token.is_some() {
+            return Err(invalid(
+                "FAAS_ADMIN_OPEN",
+                "true",
+                "an open admin API and FAAS_ADMIN_TOKEN exclude each other: unset one of them",
+            ));
+        }
+        let memory_limit = get("FAAS_FUNCTION_MEMORY_LIMIT");
+        let memory_bytes = parse_quantity(&memory_limit).ok_or_else(|| {
+            invalid(
+                "FAAS_FUNCTION_MEMORY_LIMIT",
+                &memory_limit,
+                "expected a size such as 512Mi, 1Gi or a number of bytes (empty for no limit)",
+            )
+        })?;
         Ok(Config {
             log_level,
             port: number(&get, "PORT")?,
@@ -201,6 +243,7 @@ impl Config {
             runtime,
             state_dir,
             admin_token,
+            admin_open,
             max_body_bytes: number(&get, "FAAS_MAX_BODY_BYTES")?,
             shutdown_grace: duration(&get, "FAAS_SHUTDOWN_GRACE")?,
             deploy_timeout: duration(&get, "FAAS_DEPLOY_TIMEOUT")?,
@@ -220,6 +263,13 @@ impl Config {
                 memory_limit: get("FAAS_FUNCTION_MEMORY_LIMIT"),
                 uv_cache_pvc: get("FAAS_UV_CACHE_PVC"),
             },
+            sandbox: SandboxSettings {
+                enabled: flag(&get, "FAAS_SANDBOX")?,
+                bwrap: get("FAAS_BWRAP"),
+                memory_bytes,
+                max_processes: number(&get, "FAAS_FUNCTION_MAX_PROCESSES")?,
+                max_open_files: number(&get, "FAAS_FUNCTION_MAX_OPEN_FILES")?,
+            },
         })
     }
 }
@@ -227,6 +277,32 @@ impl Config {
 /// Parses a Go-style duration (`10s`, `2m`, `1h30m`, `500ms`).
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| e.to_string())
+}
+
+/// Parses a size as Kubernetes writes quantities (`512Mi`, `1Gi`, `500M`, `1048576`) into
+/// bytes; empty means no limit (0). `None` when it is not a size.
+pub fn parse_quantity(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Some(0);
+    }
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let n: u64 = s[..digits].parse().ok()?;
+    let unit: u64 = match &s[digits..] {
+        "" => 1,
+        "k" | "K" => 1000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(unit)
 }
 
 fn duration(get: &impl Fn(&str) -> String, name: &str) -> Result<Duration> {
@@ -319,6 +395,32 @@ mod tests {
         assert_eq!(c.admin_rate_limit, 10);
         assert!(c.pin_threads);
         assert!(!with(&[("FAAS_PIN_THREADS", "false")]).unwrap().pin_threads);
+    }
+
+    #[test]
+    fn sizes_as_kubernetes_writes_them() {
+        assert_eq!(parse_quantity("512Mi"), Some(512 << 20));
+        assert_eq!(parse_quantity("1Gi"), Some(1 << 30));
+        assert_eq!(parse_quantity("500M"), Some(500_000_000));
+        assert_eq!(parse_quantity("4096"), Some(4096));
+        assert_eq!(parse_quantity(""), Some(0));
+        for bad in ["Mi", "-1", "1.5Gi", "12 Mi", "1Xi", "+5"] {
+            assert_eq!(parse_quantity(bad), None, "{bad}");
+        }
+        let e = with(&[("FAAS_FUNCTION_MEMORY_LIMIT", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FAAS_FUNCTION_MEMORY_LIMIT"), "{e}");
+    }
+
+    #[test]
+    fn an_open_admin_api_excludes_a_token() {
+        let c = with(&[("FAAS_ADMIN_OPEN", "true")]).unwrap();
+        assert!(c.admin_open && c.admin_token.is_none());
+        let e = with(&[("FAAS_ADMIN_OPEN", "true"), ("FAAS_ADMIN_TOKEN", "t")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FAAS_ADMIN_OPEN"), "{e}");
     }
 
     #[test]

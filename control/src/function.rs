@@ -56,6 +56,26 @@ pub struct Options {
     pub idle_timeout: Option<serde_json::Value>,
     /// A stable name instead of `service-<uuid>`.
     pub name: Option<String>,
+    /// Memory of one replica (`"256Mi"`, `"1Gi"` or bytes); local runtime.
+    pub memory_limit: Option<serde_json::Value>,
+    /// Processes and threads of one replica; local runtime.
+    pub max_processes: Option<u64>,
+    /// Open files of each process of a replica; local runtime.
+    pub max_open_files: Option<u64>,
+}
+
+/// Per-function resource limits of a replica; `None` takes the runtime's default.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory of one replica, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Processes and threads of one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_processes: Option<u64>,
+    /// Open files of each process of a replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_open_files: Option<u64>,
 }
 
 /// What is kept about a function besides its script and environment.
@@ -78,6 +98,9 @@ pub struct FunctionSpec {
     pub max_concurrency: Option<u32>,
     /// Idle timeout in milliseconds, overriding `REAPER_TIME_TO_LIVE`.
     pub idle_timeout_ms: Option<u64>,
+    /// Resource limits of each replica, overriding the runtime's defaults.
+    #[serde(default)]
+    pub limits: Limits,
     /// The script's PEP 723 metadata.
     pub metadata: ScriptMetadata,
     /// Bumped on every update.
@@ -113,6 +136,7 @@ impl FunctionSpec {
             target_concurrency: None,
             max_concurrency: None,
             idle_timeout_ms: None,
+            limits: Limits::default(),
             metadata: ScriptMetadata::default(),
             version: 1,
             created_at_ms: 0,
@@ -208,6 +232,7 @@ impl DeployRequest {
             target_concurrency: o.target_concurrency,
             max_concurrency: o.max_concurrency,
             idle_timeout_ms: idle_timeout(o.idle_timeout.as_ref())?,
+            limits: o.limits(&Limits::default())?,
             metadata,
             version: 1,
             created_at_ms: now_ms,
@@ -254,6 +279,7 @@ impl DeployRequest {
                 Some(v) => idle_timeout(Some(v))?,
                 None => c.idle_timeout_ms,
             },
+            limits: o.limits(&c.limits)?,
             metadata: pep723::parse(&script)?,
             version: c.version + 1,
             created_at_ms: c.created_at_ms,
@@ -266,6 +292,52 @@ impl DeployRequest {
             dot_file,
             env,
         })
+    }
+}
+
+impl Options {
+    /// The limits this request sets, the others kept from `current`.
+    fn limits(&self, current: &Limits) -> Result<Limits> {
+        let memory_bytes = match &self.memory_limit {
+            None | Some(serde_json::Value::Null) => current.memory_bytes,
+            Some(v) => Some(memory_limit(v)?),
+        };
+        for (key, v) in [
+            ("max_processes", self.max_processes),
+            ("max_open_files", self.max_open_files),
+        ] {
+            if v == Some(0) {
+                return Err(Error::BadRequest(format!(
+                    "option.{key} must be at least 1"
+                )));
+            }
+        }
+        Ok(Limits {
+            memory_bytes,
+            max_processes: self.max_processes.or(current.max_processes),
+            max_open_files: self.max_open_files.or(current.max_open_files),
+        })
+    }
+}
+
+/// Below this a Python interpreter cannot even start.
+const MIN_MEMORY: u64 = 16 << 20;
+
+fn memory_limit(v: &serde_json::Value) -> Result<u64> {
+    let bytes = match v {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) if !s.trim().is_empty() => crate::config::parse_quantity(s),
+        _ => None,
+    };
+    match bytes {
+        Some(b) if b >= MIN_MEMORY => Ok(b),
+        Some(_) => Err(Error::BadRequest(
+            "option.memory_limit must be at least 16Mi".into(),
+        )),
+        None => Err(Error::BadRequest(
+            "option.memory_limit must be a size such as \"256Mi\" or \"1Gi\", or a number of bytes"
+                .into(),
+        )),
     }
 }
 

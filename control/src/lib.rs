@@ -1,6 +1,7 @@
 //! The control side of Poorman FaaS: the function model, PEP 723 parsing, the admin API,
 //! the live registry of functions the gateway routes from, and the runtimes that run them.
-// One documented exception: `runtime::local::affinity` resets a child's CPU mask before exec.
+// Documented exceptions, all in `runtime::local` between fork and exec of a replica: its CPU
+// mask (`affinity`), its session, cgroup and open-file limit (`sandbox`).
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -15,6 +16,7 @@ pub mod reaper;
 pub mod registry;
 pub mod runtime;
 pub mod scaler;
+pub mod token;
 
 use std::time::Duration;
 

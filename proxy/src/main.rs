@@ -11,6 +11,7 @@ use control::registry::Registry;
 use control::runtime::kube::KubeRuntime;
 use control::runtime::local::LocalRuntime;
 use control::runtime::Runtime;
+use control::token::TokenSource;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
@@ -59,7 +60,7 @@ fn run() -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let cfg = Arc::new(Config::load(yaml.as_deref())?);
+    let mut cfg = Config::load(yaml.as_deref())?;
     raise_fd_limit();
     // Before any gateway thread is pinned: function processes get all of these CPUs.
     control::runtime::local::affinity::remember_process_cpus();
@@ -70,6 +71,20 @@ fn run() -> anyhow::Result<()> {
         ))
         .format_timestamp_millis()
         .init();
+    match control::token::ensure(&mut cfg)? {
+        TokenSource::Configured => {}
+        TokenSource::File(path) => log::info!(
+            "the admin API needs the token in {0}: export FAAS_ADMIN_TOKEN=$(cat {0})",
+            path.display()
+        ),
+        TokenSource::Open => log::warn!(
+            "FAAS_ADMIN_OPEN=true: the admin API, which runs any Python it is sent, is open to \
+             anyone who can reach {}:{}",
+            cfg.listen,
+            cfg.port
+        ),
+    }
+    let cfg = Arc::new(cfg);
 
     // Pingora retries a taken port for 30 s without saying why; tell the user at once.
     let addr = format!("{}:{}", cfg.listen, cfg.port);

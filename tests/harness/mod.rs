@@ -22,6 +22,9 @@ pub struct Faas {
     log: PathBuf,
     /// A client for it.
     pub http: reqwest::Client,
+    /// The admin token: the test's `FAAS_ADMIN_TOKEN`, else the one `faas` generated into its
+    /// state directory; `None` with `FAAS_ADMIN_OPEN=true`.
+    pub token: Option<String>,
 }
 
 /// The repository's root.
@@ -90,6 +93,7 @@ impl Faas {
                 .timeout(Duration::from_secs(120))
                 .build()
                 .unwrap(),
+            token: None,
         };
         f.spawn().await;
         f
@@ -119,6 +123,7 @@ impl Faas {
             .env("FAAS_RUNTIME", "local")
             .env("FAAS_STATE_DIR", &self.state)
             .env("FAAS_UV", uv())
+            .env("FAAS_BWRAP", tool("bwrap"))
             .env("LOG_LEVEL", "info")
             // Tests poll the admin API; the original's 10 per minute is tested on its own.
             .env("FAAS_ADMIN_RATE_LIMIT", "0")
@@ -131,6 +136,7 @@ impl Faas {
         loop {
             if let Ok(r) = self.http.get(self.url("/health")).send().await {
                 if r.status() == 200 {
+                    self.token = self.find_token();
                     return;
                 }
             }
@@ -140,6 +146,35 @@ impl Faas {
                 self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn find_token(&self) -> Option<String> {
+        let given = |k: &str| {
+            self.env
+                .iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        if let Some(t) = given("FAAS_ADMIN_TOKEN").filter(|t| !t.is_empty()) {
+            return Some(t);
+        }
+        if given("FAAS_ADMIN_OPEN").as_deref() == Some("true") {
+            return None;
+        }
+        let file = self.state.join("admin-token");
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("faas wrote no {}: {e}", file.display()));
+        Some(text.trim().to_string())
+    }
+
+    /// A request on the gateway port; `/admin` paths carry the admin token.
+    pub fn request(&self, method: &str, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method.parse().unwrap(), self.url(path));
+        match &self.token {
+            Some(t) if path.starts_with("/admin") => req.bearer_auth(t),
+            _ => req,
         }
     }
 
@@ -182,7 +217,7 @@ impl Faas {
 
     /// An admin call answering JSON (status, body; `Value::Null` for an empty body).
     pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.request(method.parse().unwrap(), self.url(path));
+        let mut req = self.request(method, path);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -205,8 +240,7 @@ impl Faas {
 
     /// `GET path` on the gateway port: the response, whatever its status.
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(self.url(path))
+        self.request("GET", path)
             .send()
             .await
             .expect("gateway request")

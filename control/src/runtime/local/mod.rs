@@ -1,8 +1,10 @@
 //! The local runtime: functions as child processes on this machine, kept in a state directory.
 
 pub mod affinity;
+mod cgroup;
 mod listen;
 mod replica;
+pub mod sandbox;
 mod store;
 mod uv;
 
@@ -18,7 +20,9 @@ use nix::unistd::Pid;
 use tokio::sync::Mutex as AsyncMutex;
 
 use self::replica::{Replica, ReplicaCtx};
+use self::sandbox::Sandbox;
 use self::store::Store;
+use self::uv::PythonEnv;
 use super::Runtime;
 use crate::config::Config;
 use crate::function::{DeployRequest, FunctionDef};
@@ -29,7 +33,8 @@ use crate::{Error, Result};
 /// Lines of output kept per function.
 const LOG_LINES: usize = 2000;
 
-/// Runs functions as `uv run --script` children.
+/// Runs functions as sandboxed child processes: each replica runs its script environment's
+/// interpreter (prepared by `uv` at deploy) in a sandbox ([`sandbox`]).
 #[derive(Clone)]
 pub struct LocalRuntime {
     inner: Arc<Inner>,
@@ -39,6 +44,7 @@ struct Inner {
     store: Store,
     registry: Registry,
     uv: String,
+    sandbox: Arc<Sandbox>,
     deploy_timeout: Duration,
     drain_timeout: Duration,
     fns: Mutex<HashMap<String, Slot>>,
@@ -53,6 +59,7 @@ type Slot = Arc<AsyncMutex<Option<LocalFn>>>;
 struct LocalFn {
     def: FunctionDef,
     script: PathBuf,
+    python: Arc<PythonEnv>,
     env: Arc<Vec<(String, String)>>,
     replicas: Vec<Replica>,
     logs: Arc<LogBuf>,
@@ -77,11 +84,13 @@ impl LocalRuntime {
                 log::warn!("stopped replica process group {pgid} left behind by an earlier run");
             }
         }
+        let sandbox = Arc::new(Sandbox::new(cfg)?);
         Ok(LocalRuntime {
             inner: Arc::new(Inner {
                 store,
                 registry,
                 uv: cfg.uv.clone(),
+                sandbox,
                 deploy_timeout: cfg.deploy_timeout,
                 drain_timeout: cfg.shutdown_grace.mul_f32(0.6),
                 fns: Mutex::new(HashMap::new()),
@@ -102,9 +111,11 @@ impl LocalRuntime {
         ReplicaCtx {
             entry: f.entry.clone(),
             script: f.script.clone(),
+            python: f.python.clone(),
+            limits: f.def.spec.limits.clone(),
             env: f.env.clone(),
             logs: f.logs.clone(),
-            uv: self.inner.uv.clone(),
+            sandbox: self.inner.sandbox.clone(),
             store: self.inner.store.clone(),
             drain_timeout: self.inner.drain_timeout,
         }
@@ -147,16 +158,33 @@ impl LocalRuntime {
         }
     }
 
-    fn register(&self, def: FunctionDef, script: PathBuf) -> LocalFn {
+    fn register(&self, def: FunctionDef, script: PathBuf, python: PythonEnv) -> LocalFn {
         let entry = self.inner.registry.insert(def.spec.clone());
-        LocalFn::new(def, script, entry, Arc::new(LogBuf::new(LOG_LINES)))
+        LocalFn::new(def, script, python, entry, Arc::new(LogBuf::new(LOG_LINES)))
+    }
+
+    /// Prepares a version's environment with uv and records it beside the script.
+    async fn prepare(&self, def: &FunctionDef, script: &std::path::Path) -> Result<PythonEnv> {
+        let name = &def.spec.name;
+        let env = uv::prepare(&self.inner.uv, script, name).await?;
+        self.inner
+            .store
+            .write_python_env(name, def.spec.version, &env)?;
+        Ok(env)
     }
 }
 
 impl LocalFn {
-    fn new(def: FunctionDef, script: PathBuf, entry: Arc<FnEntry>, logs: Arc<LogBuf>) -> Self {
+    fn new(
+        def: FunctionDef,
+        script: PathBuf,
+        python: PythonEnv,
+        entry: Arc<FnEntry>,
+        logs: Arc<LogBuf>,
+    ) -> Self {
         LocalFn {
             env: Arc::new(def.env.clone()),
+            python: Arc::new(python),
             def,
             script,
             replicas: Vec::new(),
@@ -193,7 +221,23 @@ impl Runtime for LocalRuntime {
                 .version_dir(&name, def.spec.version)
                 .join("main.py");
             let replicas = def.spec.replicas;
-            let mut f = LocalFn::new(def, script, entry, Arc::new(LogBuf::new(LOG_LINES)));
+            // Recorded at deploy; prepared again if uv's cache lost it (or an older faas
+            // deployed it).
+            let python = match self.inner.store.load_python_env(&name, def.spec.version) {
+                Some(p) if p.exists() => p,
+                _ => match self.prepare(&def, &script).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Kept on disk: the next start tries again.
+                        log::error!(
+                            "function {name} is not served: its environment cannot be prepared: {e}"
+                        );
+                        self.inner.registry.remove(&name);
+                        continue;
+                    }
+                },
+            };
+            let mut f = LocalFn::new(def, script, python, entry, Arc::new(LogBuf::new(LOG_LINES)));
             let ctx = self.ctx(&f);
             f.replicas = self.start_replicas(&ctx, replicas);
             if replicas > 0 {
@@ -222,10 +266,10 @@ impl Runtime for LocalRuntime {
         }
         let result = async {
             let script = self.inner.store.write_version(&def)?;
-            uv::prepare(&self.inner.uv, &script, &name).await?;
+            let python = self.prepare(&def, &script).await?;
             self.inner.store.commit(&def.spec)?;
             let replicas = def.spec.replicas;
-            let mut f = self.register(def, script);
+            let mut f = self.register(def, script, python);
             let ctx = self.ctx(&f);
             f.replicas = self.start_replicas(&ctx, replicas);
             let ids: Vec<u64> = f.replicas.iter().map(|r| r.id).collect();
@@ -264,11 +308,14 @@ impl Runtime for LocalRuntime {
         let def = req.apply_to(&f.def, crate::now_ms())?;
         let old_version = f.def.spec.version;
         let script = self.inner.store.write_version(&def)?;
-        if let Err(e) = uv::prepare(&self.inner.uv, &script, &name).await {
-            self.inner.store.remove_version(&name, def.spec.version);
-            return Err(e);
-        }
-        let mut next = LocalFn::new(def, script, f.entry.clone(), f.logs.clone());
+        let python = match self.prepare(&def, &script).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.inner.store.remove_version(&name, def.spec.version);
+                return Err(e);
+            }
+        };
+        let mut next = LocalFn::new(def, script, python, f.entry.clone(), f.logs.clone());
         let ctx = self.ctx(&next);
         // Keep at least the serving capacity of the old version while switching.
         let n = next.def.spec.replicas;

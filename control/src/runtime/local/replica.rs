@@ -1,6 +1,6 @@
-//! One replica of a local function: a `uv run --script` child in its own process group,
-//! supervised — published as an endpoint once its port accepts connections, restarted with
-//! backoff when it crashes, drained and stopped (whole group) when asked.
+//! One replica of a local function: its interpreter in a sandbox, in a session and process
+//! group of its own, supervised — published as an endpoint once its port accepts connections,
+//! restarted with backoff when it crashes, drained and stopped (whole group) when asked.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -13,12 +13,15 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::listen::listening_ports;
+use super::sandbox::{Confinement, Launch, Sandbox};
 use super::store::Store;
+use super::uv::PythonEnv;
+use crate::function::Limits;
 use crate::logbuf::LogBuf;
 use crate::registry::{Endpoint, FnEntry};
 
@@ -27,9 +30,11 @@ use crate::registry::{Endpoint, FnEntry};
 pub(super) struct ReplicaCtx {
     pub entry: Arc<FnEntry>,
     pub script: PathBuf,
+    pub python: Arc<PythonEnv>,
+    pub limits: Limits,
     pub env: Arc<Vec<(String, String)>>,
     pub logs: Arc<LogBuf>,
-    pub uv: String,
+    pub sandbox: Arc<Sandbox>,
     pub store: Store,
     pub drain_timeout: Duration,
 }
@@ -94,10 +99,10 @@ async fn supervise(ctx: ReplicaCtx, id: u64, mut stop: watch::Receiver<bool>) {
                 return;
             }
         };
-        let (mut child, pumps) = match spawn(&ctx, port, &tag) {
+        let (mut child, pumps, confinement) = match spawn(&ctx, id, port, &tag) {
             Ok(c) => c,
             Err(e) => {
-                let why = format!("could not start `{} run --script`: {e}", ctx.uv);
+                let why = format!("could not start `{}`: {e}", ctx.python.python.display());
                 ctx.logs.push(format!("{tag} {why}"));
                 ctx.entry.publish_failure(why);
                 return;
@@ -114,6 +119,7 @@ async fn supervise(ctx: ReplicaCtx, id: u64, mut stop: watch::Receiver<bool>) {
             _ = stopped(&mut stop) => {
                 terminate(&mut child, pgid).await;
                 ctx.store.forget_pid(pgid);
+                confinement.release().await;
                 return;
             }
         };
@@ -141,6 +147,7 @@ async fn supervise(ctx: ReplicaCtx, id: u64, mut stop: watch::Receiver<bool>) {
                         drain(&ep, ctx.drain_timeout).await;
                         terminate(&mut child, pgid).await;
                         ctx.store.forget_pid(pgid);
+                        confinement.release().await;
                         return;
                     }
                 }
@@ -150,17 +157,25 @@ async fn supervise(ctx: ReplicaCtx, id: u64, mut stop: watch::Receiver<bool>) {
                 for p in pumps {
                     let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
                 }
+                if confinement.oom_killed() {
+                    ctx.logs.push(format!("{tag} {}", over_memory(&ctx)));
+                }
                 let why = exit_before_ready(&ctx, &tag, &status);
                 log::warn!("{}: {why}", ctx.entry.name);
                 ctx.entry.publish_failure(why);
                 status
             }
         };
-        // The group may outlive its leader (uv exits, python stays): clear it.
+        // The group may outlive its leader: clear it.
         if pgid > 0 {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
         ctx.store.forget_pid(pgid);
+        if confinement.oom_killed() {
+            ctx.logs.push(format!("{tag} {}", over_memory(&ctx)));
+            log::warn!("{}: replica r{id} {}", ctx.entry.name, over_memory(&ctx));
+        }
+        confinement.release().await;
         let status = status
             .map(|s| s.to_string())
             .unwrap_or_else(|e| e.to_string());
@@ -186,24 +201,45 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Starts the child; also returns the tasks copying its output into the log.
-fn spawn(ctx: &ReplicaCtx, port: u16, tag: &str) -> std::io::Result<(Child, Vec<JoinHandle<()>>)> {
-    let mut cmd = Command::new(&ctx.uv);
-    cmd.arg("run").arg("--script").arg(&ctx.script);
-    super::uv::no_downloads_unless_asked(&mut cmd);
-    super::affinity::unpinned(&mut cmd);
-    cmd.envs(ctx.env.iter().map(|(k, v)| (k, v)))
-        .env("PORT", port.to_string())
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
+/// What the kernel's OOM kill means for the user.
+fn over_memory(ctx: &ReplicaCtx) -> String {
+    let limit = ctx
+        .limits
+        .memory_bytes
+        .map(|b| format!("{} MiB (option.memory_limit)", b >> 20))
+        .unwrap_or_else(|| "FAAS_FUNCTION_MEMORY_LIMIT".to_string());
+    format!("was killed: it went over its memory limit of {limit}")
+}
+
+/// Starts the child in its sandbox; also returns the tasks copying its output into the log
+/// and what it holds until it is gone.
+fn spawn(
+    ctx: &ReplicaCtx,
+    id: u64,
+    port: u16,
+    tag: &str,
+) -> std::io::Result<(Child, Vec<JoinHandle<()>>, Confinement)> {
+    let replica = format!("{}-r{id}", ctx.entry.name);
+    let launch = Launch {
+        replica: &replica,
+        script: &ctx.script,
+        python: &ctx.python,
+        vars: &ctx.env,
+        port,
+        limits: &ctx.limits,
+    };
+    let (mut cmd, confinement) = ctx.sandbox.command(&launch)?;
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
-    if let Some(dir) = ctx.script.parent() {
-        cmd.current_dir(dir);
-    }
-    let mut child = cmd.spawn()?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            tokio::spawn(confinement.release());
+            return Err(e);
+        }
+    };
     let mut pumps = Vec::with_capacity(2);
     if let Some(out) = child.stdout.take() {
         pumps.push(tokio::spawn(pump(out, ctx.logs.clone(), tag.to_string())));
@@ -211,7 +247,7 @@ fn spawn(ctx: &ReplicaCtx, port: u16, tag: &str) -> std::io::Result<(Child, Vec<
     if let Some(err) = child.stderr.take() {
         pumps.push(tokio::spawn(pump(err, ctx.logs.clone(), tag.to_string())));
     }
-    Ok((child, pumps))
+    Ok((child, pumps, confinement))
 }
 
 async fn pump(out: impl AsyncRead + Unpin, logs: Arc<LogBuf>, tag: String) {

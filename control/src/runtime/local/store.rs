@@ -5,6 +5,9 @@
 //! <state>/functions/<name>/spec.json        the committed spec (names the live version)
 //! <state>/functions/<name>/v<N>/main.py     script of version N
 //! <state>/functions/<name>/v<N>/.env        dot file of version N
+//! <state>/functions/<name>/v<N>/python.json its prepared environment (interpreter, directories)
+//! <state>/run/<name>-r<id>/                 a replica's working directory (emptied at start)
+//! <state>/admin-token                       the generated admin token (0600)
 //! <state>/pids/<pgid>                       process groups of running replicas
 //! ```
 
@@ -12,6 +15,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::uv::PythonEnv;
 use crate::function::{parse_dot_file, FunctionDef, FunctionSpec};
 use crate::{Error, Result};
 
@@ -51,6 +55,19 @@ impl Store {
         let script = dir.join("main.py");
         write_atomic(&script, def.script.as_bytes())?;
         Ok(script)
+    }
+
+    /// Records the prepared environment of a version.
+    pub fn write_python_env(&self, name: &str, version: u64, env: &PythonEnv) -> Result<()> {
+        let json = serde_json::to_vec_pretty(env)
+            .map_err(|e| Error::internal("encoding python.json", e))?;
+        write_atomic(&self.version_dir(name, version).join("python.json"), &json)
+    }
+
+    /// The prepared environment of a version, if it was recorded.
+    pub fn load_python_env(&self, name: &str, version: u64) -> Option<PythonEnv> {
+        let bytes = fs::read(self.version_dir(name, version).join("python.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// Makes `spec` the committed state of its function.
