@@ -1,10 +1,22 @@
 //! The Helm chart, checked with a real helm and the rendered objects with kubernetes-validate.
 
 mod harness;
+mod pss;
 
 use base64::Engine;
+use control::runtime::kube::objects::{MANAGED, PORT};
 use harness::{render_chart, run_tool};
 use serde_yaml::Value;
+
+/// Every optional object of the chart switched on.
+const ALL_ON: &[&str] = &[
+    "--set",
+    "namespace.create=true",
+    "--set",
+    "networkPolicy.enabled=true",
+    "--set",
+    "networkPolicy.apiServerCIDRs={10.0.0.5/32,10.96.0.1/32,fd00::1/128}",
+];
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     docs.iter()
@@ -18,36 +30,47 @@ fn helm_lint_strict_passes() {
 }
 
 #[test]
+fn helm_lint_strict_passes_with_every_option_on() {
+    let mut args = vec!["lint", "--strict", "charts/poorman-faas"];
+    args.extend_from_slice(ALL_ON);
+    run_tool("helm", &args);
+}
+
+#[test]
 fn rendered_manifests_pass_kubernetes_validate_strict() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rendered.yaml");
-    let text = run_tool(
-        "helm",
-        &[
-            "template",
-            "faas",
-            "charts/poorman-faas",
-            "--namespace",
-            "faas",
-        ],
-    );
-    std::fs::write(&path, text).unwrap();
-    let out = run_tool(
-        "kubernetes-validate",
-        &["--strict", "-k", "1.33.0", path.to_str().unwrap()],
-    );
-    for kind in [
+    let default_kinds = [
         "serviceaccount",
         "role",
         "rolebinding",
         "secret",
         "service",
         "deployment",
+    ];
+    for (options, extra_kinds) in [
+        (&[][..], &[][..]),
+        (ALL_ON, &["namespace", "networkpolicy"][..]),
     ] {
-        assert!(
-            out.contains(&format!("passed for resource {kind}/")),
-            "{kind} not validated:\n{out}"
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rendered.yaml");
+        let mut args = vec![
+            "template",
+            "faas",
+            "charts/poorman-faas",
+            "--namespace",
+            "faas",
+        ];
+        args.extend_from_slice(options);
+        std::fs::write(&path, run_tool("helm", &args)).unwrap();
+        let out = run_tool(
+            "kubernetes-validate",
+            &["--strict", "-k", "1.33.0", path.to_str().unwrap()],
         );
+        for kind in default_kinds.iter().chain(extra_kinds) {
+            assert!(
+                out.contains(&format!("passed for resource {kind}/")),
+                "{kind} not validated with {options:?}:\n{out}"
+            );
+        }
     }
 }
 
@@ -155,4 +178,214 @@ fn values_reach_the_gateway() {
     assert_eq!(get("FAAS_ADMIN_RATE_LIMIT"), "0");
     assert_eq!(get("FAAS_PIN_THREADS"), "false");
     assert_eq!(get("FAAS_FUNCTION_IMAGE"), "example.org/uv:1");
+}
+
+/// A YAML document as JSON, for the Pod Security checks.
+fn json(v: &Value) -> serde_json::Value {
+    serde_json::to_value(v).unwrap()
+}
+
+#[test]
+fn the_gateway_pod_meets_the_restricted_pod_security_standard() {
+    let docs = render_chart(&[]);
+    let dep = find(&docs, "Deployment", "faas-gateway");
+    let template = json(&dep["spec"]["template"]);
+    let found = pss::violations(&template, pss::Profile::Restricted);
+    assert!(found.is_empty(), "{found:#?}");
+    let c = &dep["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    assert_eq!(c["readOnlyRootFilesystem"], true);
+}
+
+#[test]
+fn the_namespace_is_created_with_pod_security_labels_when_asked() {
+    let labels = |options: &[&str]| {
+        let docs = render_chart(options);
+        let ns = find(&docs, "Namespace", "faas");
+        assert_eq!(
+            ns["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "uninstalling the chart would delete the functions"
+        );
+        json(&ns["metadata"]["labels"])
+    };
+    let on = labels(&["--set", "namespace.create=true"]);
+    for mode in ["enforce", "audit", "warn"] {
+        assert_eq!(
+            on[format!("pod-security.kubernetes.io/{mode}")],
+            "restricted"
+        );
+    }
+    let baseline = labels(&[
+        "--set",
+        "namespace.create=true",
+        "--set",
+        "namespace.podSecurity=baseline",
+    ]);
+    assert_eq!(baseline["pod-security.kubernetes.io/enforce"], "baseline");
+    let none = labels(&[
+        "--set",
+        "namespace.create=true",
+        "--set",
+        "namespace.podSecurity=",
+    ]);
+    assert!(none.get("pod-security.kubernetes.io/enforce").is_none());
+    assert!(
+        !render_chart(&[]).iter().any(|d| d["kind"] == "Namespace"),
+        "the namespace is created only when asked (helm --create-namespace makes one otherwise)"
+    );
+}
+
+#[test]
+fn the_network_policy_lets_only_the_gateway_in_and_keeps_functions_from_the_api_server() {
+    assert!(!render_chart(&[])
+        .iter()
+        .any(|d| d["kind"] == "NetworkPolicy"));
+    let docs = render_chart(ALL_ON);
+    let np = json(find(&docs, "NetworkPolicy", "faas-functions"));
+    let spec = &np["spec"];
+    // It selects function pods, by the label the runtime gives them.
+    assert_eq!(spec["podSelector"]["matchLabels"][MANAGED], "true");
+    assert_eq!(
+        spec["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    // In: only from the gateway's pods, only to the port functions listen on.
+    let ingress = spec["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 1, "{ingress:?}");
+    let from = ingress[0]["from"].as_array().unwrap();
+    assert_eq!(from.len(), 1);
+    let gateway =
+        json(&find(&docs, "Deployment", "faas-gateway")["spec"]["template"]["metadata"]["labels"]);
+    let selector = from[0]["podSelector"]["matchLabels"].as_object().unwrap();
+    assert!(!selector.is_empty() && from[0].get("namespaceSelector").is_none());
+    for (k, v) in selector {
+        assert_eq!(&gateway[k], v, "the gateway's pods lack {k}={v}");
+    }
+    assert_eq!(
+        ingress[0]["ports"],
+        serde_json::json!([{"protocol": "TCP", "port": PORT}])
+    );
+    // Out: DNS, and every address but the API server's.
+    let egress = spec["egress"].as_array().unwrap();
+    assert!(egress.iter().any(|r| r.get("to").is_none()
+        && r["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["port"] == 53)));
+    let blocks: Vec<&serde_json::Value> = egress
+        .iter()
+        .filter_map(|r| r["to"].as_array())
+        .flatten()
+        .map(|peer| &peer["ipBlock"])
+        .collect();
+    assert!(blocks.iter().all(|b| !b.is_null()), "{egress:?}");
+    let except = |cidr: &str| blocks.iter().find(|b| b["cidr"] == cidr).unwrap()["except"].clone();
+    assert_eq!(
+        except("0.0.0.0/0"),
+        serde_json::json!(["10.0.0.5/32", "10.96.0.1/32"])
+    );
+    assert_eq!(except("::/0"), serde_json::json!(["fd00::1/128"]));
+}
+
+#[test]
+fn the_pod_security_check_refuses_what_each_profile_refuses() {
+    use pss::Profile::{Baseline, Restricted};
+    let restricted = serde_json::json!({
+        "metadata": {"labels": {"app": "a"}},
+        "spec": {
+            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "a", "image": "a", "securityContext": {
+                "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}],
+            "volumes": [{"name": "v", "emptyDir": {}}],
+        },
+    });
+    assert_eq!(
+        pss::violations(&restricted, Restricted),
+        Vec::<String>::new()
+    );
+    // runAsNonRoot and seccomp may be set on every container instead of the pod.
+    let mut per_container = restricted.clone();
+    per_container["spec"]["securityContext"] = serde_json::json!({});
+    per_container["spec"]["containers"][0]["securityContext"]["runAsNonRoot"] = true.into();
+    per_container["spec"]["containers"][0]["securityContext"]["seccompProfile"] =
+        serde_json::json!({"type": "Localhost", "localhostProfile": "p.json"});
+    assert_eq!(
+        pss::violations(&per_container, Restricted),
+        Vec::<String>::new()
+    );
+
+    let bad = serde_json::json!({
+        "metadata": {"annotations": {"container.apparmor.security.beta.kubernetes.io/a": "unconfined"}},
+        "spec": {
+            "hostNetwork": true,
+            "securityContext": {"runAsUser": 0, "sysctls": [{"name": "kernel.msgmax", "value": "1"}]},
+            "containers": [{"name": "a", "image": "a",
+                "ports": [{"containerPort": 80, "hostPort": 80}],
+                "readinessProbe": {"httpGet": {"host": "10.0.0.1", "port": 80}},
+                "securityContext": {
+                    "privileged": true,
+                    "capabilities": {"add": ["SYS_ADMIN"]},
+                    "seccompProfile": {"type": "Unconfined"},
+                    "seLinuxOptions": {"type": "spc_t"},
+                    "procMount": "Unmasked",
+                }}],
+            "initContainers": [{"name": "i", "image": "i",
+                "securityContext": {"capabilities": {"add": ["CHOWN"]}}}],
+            "volumes": [{"name": "h", "hostPath": {"path": "/"}}, {"name": "n", "nfs": {"server": "s", "path": "/"}}],
+        },
+    });
+    let controls = |profile| {
+        let mut names: Vec<String> = pss::violations(&bad, profile)
+            .iter()
+            .map(|v| v.split(':').next().unwrap().to_string())
+            .collect();
+        names.dedup();
+        names
+    };
+    assert_eq!(
+        controls(Baseline),
+        [
+            "Baseline Host Namespaces",
+            "Baseline Privileged Containers",
+            "Baseline Capabilities",
+            "Baseline HostPath Volumes",
+            "Baseline Host Ports",
+            "Baseline Host Probes / Lifecycle Hooks",
+            "Baseline AppArmor (annotations)",
+            "Baseline SELinux (type)",
+            "Baseline /proc Mount Type",
+            "Baseline Seccomp",
+            "Baseline Sysctls",
+        ]
+    );
+    let restricted_only: Vec<String> = controls(Restricted)
+        .into_iter()
+        .filter(|c| c.starts_with("Restricted"))
+        .collect();
+    assert_eq!(
+        restricted_only,
+        [
+            "Restricted Volume Types",
+            "Restricted Privilege Escalation",
+            "Restricted Running as Non-root",
+            "Restricted Running as Non-root user",
+            "Restricted Seccomp",
+            "Restricted Capabilities (drop)",
+            "Restricted Capabilities (add)",
+        ]
+    );
+    // The init container is held to the same rules: it adds CHOWN (restricted refuses it) and
+    // does not set allowPrivilegeEscalation.
+    let found = pss::violations(&bad, Restricted);
+    assert!(
+        found.iter().any(
+            |v| v.contains("initContainers[*].securityContext.capabilities.add[*] = \"CHOWN\"")
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found.iter().any(|v| v
+            .contains("initContainers[*].securityContext.allowPrivilegeEscalation = undefined")),
+        "{found:#?}"
+    );
 }

@@ -3,6 +3,7 @@
 //! above zero it runs the function's script as a local process and publishes an EndpointSlice.
 
 mod harness;
+mod pss;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -220,6 +221,35 @@ async fn deploy_route_scale_to_zero_activate_and_rediscover_on_kubernetes() {
         "configmap-kfn"
     );
     validate(&[&cm, &secret, &svc, &dep]);
+
+    // Its pods would be admitted in a namespace enforcing the restricted Pod Security Standard,
+    // hold no API credentials, and write only to their volumes.
+    let refused = pss::violations(pod, pss::Profile::Restricted);
+    assert!(refused.is_empty(), "restricted would refuse: {refused:#?}");
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    let writable: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["readOnly"] != true)
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    for var in ["HOME", "TMPDIR", "UV_CACHE_DIR"] {
+        let dir = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == var)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("{var} is not set"));
+        assert!(
+            writable
+                .iter()
+                .any(|m| dir == *m || dir.starts_with(&format!("{m}/"))),
+            "{var}={dir} is not on a volume: {writable:?}"
+        );
+    }
 
     // Routed straight to the endpoint the harness published.
     assert_eq!(

@@ -24,6 +24,16 @@ pub const VERSION: &str = "poorman-faas.io/version";
 pub const PORT: i32 = 8000;
 /// The label EndpointSlices carry naming their Service.
 pub const SLICE_SERVICE: &str = "kubernetes.io/service-name";
+/// The user and group function processes run as: not root, and no user that images tend to own
+/// files as (65532 is the distroless images' `nonroot`).
+pub const RUN_AS: i64 = 65532;
+
+/// The writable directories of a function pod, each its own volume (the root filesystem is
+/// read-only): `HOME`, also the working directory; `TMPDIR`; uv's cache, with the interpreters
+/// uv downloads, so that a shared cache PVC keeps them too.
+const HOME: &str = "/home/function";
+const TMP: &str = "/tmp";
+const UV_CACHE: &str = "/uv-cache";
 
 /// The names of a function's objects, as the original named them: `service-<uuid>` has
 /// `configmap-<uuid>`, `deployment-<uuid>`, the Service `service-<uuid>` and pods `app: app-<uuid>`.
@@ -99,6 +109,11 @@ pub fn secret(def: &FunctionDef, ns: &str) -> Result<Secret> {
 }
 
 /// The Deployment running `uv run --script /scripts/main.py` with `PORT=8000`.
+///
+/// Its pods meet the `restricted` Pod Security Standard: non-root user [`RUN_AS`], no privilege
+/// escalation, every capability dropped, the runtime's default seccomp profile, only configMap,
+/// emptyDir and persistentVolumeClaim volumes; besides, no ServiceAccount token (functions are
+/// other users' code) and a read-only root filesystem.
 pub fn deployment(def: &FunctionDef, ns: &str, k: &KubeSettings) -> Result<Deployment> {
     let spec = &def.spec;
     let n = names(&spec.name);
@@ -148,14 +163,29 @@ pub fn deployment(def: &FunctionDef, ns: &str, k: &KubeSettings) -> Result<Deplo
                     },
                     "spec": {
                         "terminationGracePeriodSeconds": 30,
+                        "automountServiceAccountToken": false,
+                        "securityContext": {
+                            "runAsNonRoot": true,
+                            "runAsUser": RUN_AS,
+                            "runAsGroup": RUN_AS,
+                            // A cache PVC becomes writable; OnRootMismatch spares a full chown
+                            // of a large shared cache on every start.
+                            "fsGroup": RUN_AS,
+                            "fsGroupChangePolicy": "OnRootMismatch",
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
                         "containers": [{
                             "name": "function",
                             "image": k.image,
                             "command": ["uv", "run", "--script", "/scripts/main.py"],
+                            "workingDir": HOME,
                             "env": [
                                 {"name": "PORT", "value": PORT.to_string()},
                                 {"name": "PYTHONUNBUFFERED", "value": "1"},
-                                {"name": "UV_CACHE_DIR", "value": "/uv-cache"},
+                                {"name": "HOME", "value": HOME},
+                                {"name": "TMPDIR", "value": TMP},
+                                {"name": "UV_CACHE_DIR", "value": UV_CACHE},
+                                {"name": "UV_PYTHON_INSTALL_DIR", "value": format!("{UV_CACHE}/python")},
                             ],
                             "envFrom": [{"secretRef": {"name": n.secret}}],
                             "ports": [{"name": "http", "containerPort": PORT}],
@@ -166,13 +196,23 @@ pub fn deployment(def: &FunctionDef, ns: &str, k: &KubeSettings) -> Result<Deplo
                             // Endpoints are withdrawn first; in-flight requests finish meanwhile.
                             "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
                             "resources": {"requests": requests, "limits": limits},
+                            "securityContext": {
+                                "allowPrivilegeEscalation": false,
+                                "readOnlyRootFilesystem": true,
+                                "runAsNonRoot": true,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
                             "volumeMounts": [
                                 {"name": "script", "mountPath": "/scripts", "readOnly": true},
-                                {"name": "uv-cache", "mountPath": "/uv-cache"},
+                                {"name": "home", "mountPath": HOME},
+                                {"name": "tmp", "mountPath": TMP},
+                                {"name": "uv-cache", "mountPath": UV_CACHE},
                             ],
                         }],
                         "volumes": [
                             {"name": "script", "configMap": {"name": n.configmap}},
+                            {"name": "home", "emptyDir": {}},
+                            {"name": "tmp", "emptyDir": {}},
                             uv_cache,
                         ],
                     },
@@ -308,6 +348,71 @@ mod tests {
         let stored: FunctionSpec =
             serde_json::from_str(&dep.metadata.annotations.unwrap()[SPEC]).unwrap();
         assert_eq!(stored, d.spec);
+    }
+
+    #[test]
+    fn function_pods_are_hardened() {
+        let dep = deployment(&def("f"), "faas", &settings()).unwrap();
+        let pod = serde_json::to_value(dep.spec.unwrap().template.spec.unwrap()).unwrap();
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        let sc = &pod["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(sc["runAsUser"], RUN_AS);
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+        let c = &pod["containers"][0];
+        let csc = &c["securityContext"];
+        assert_eq!(csc["allowPrivilegeEscalation"], false);
+        assert_eq!(csc["readOnlyRootFilesystem"], true);
+        assert_eq!(csc["capabilities"]["drop"], json!(["ALL"]));
+        // Every directory uv and Python write to is a mounted volume.
+        let mounts: Vec<&str> = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["readOnly"] != true)
+            .map(|m| m["mountPath"].as_str().unwrap())
+            .collect();
+        let env = |name: &str| {
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .unwrap()["value"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        for var in ["HOME", "TMPDIR", "UV_CACHE_DIR", "UV_PYTHON_INSTALL_DIR"] {
+            let dir = env(var);
+            assert!(
+                mounts
+                    .iter()
+                    .any(|m| dir == *m || dir.starts_with(&format!("{m}/"))),
+                "{var}={dir} is on the read-only root filesystem"
+            );
+        }
+        assert_eq!(c["workingDir"], env("HOME"));
+        for v in pod["volumes"].as_array().unwrap() {
+            assert!(
+                ["configMap", "emptyDir"].iter().any(|k| v.get(k).is_some()),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cache_pvc_replaces_the_cache_empty_dir() {
+        let mut k = settings();
+        k.uv_cache_pvc = "uv-cache".into();
+        let dep = deployment(&def("f"), "faas", &k).unwrap();
+        let vols = dep.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+        let cache = vols.iter().find(|v| v.name == "uv-cache").unwrap();
+        assert_eq!(
+            cache.persistent_volume_claim.as_ref().unwrap().claim_name,
+            "uv-cache"
+        );
+        assert!(cache.empty_dir.is_none());
     }
 
     #[test]
