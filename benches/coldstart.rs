@@ -1,8 +1,10 @@
 //! Cold-start benchmark (`just bench-coldstart`). Prints a table and writes it into
 //! `benches/README.md`.
 //!
-//! 1. Cold start from zero through the gateway vs. starting the same stdlib function directly
-//!    with `uv run --script` until it first answers, measured in the same run.
+//! 1. Cold start from zero through the gateway (replicas sandboxed, the default, and with
+//!    `FAAS_SANDBOX=false`) vs. starting the same stdlib function directly with
+//!    `uv run --script` until it first answers, interleaved in the same run; and the bare cost
+//!    of entering the sandbox (`bwrap … true` against `true`).
 //! 2. A burst of concurrent requests at a function at zero (one that takes a second to start, so
 //!    that the whole burst is held): successes, activations, and the peak memory of `faas`.
 
@@ -84,6 +86,35 @@ async fn direct_cold_start(http: &reqwest::Client, script: &Path) -> f64 {
     took
 }
 
+/// Times `argv` from spawn to exit, `n` times; the median in ms.
+fn exec_median(argv: &[String], n: usize) -> f64 {
+    let mut v: Vec<f64> = (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            let ok = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "{argv:?} failed");
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    percentile(&v, 0.5)
+}
+
+/// One cold start from zero through `faas`, in ms.
+async fn gateway_cold_start(http: &reqwest::Client, faas: &Faas) -> f64 {
+    scale_to_zero(faas, "hello").await;
+    let started = Instant::now();
+    let r = http.get(faas.url("/gateway/hello/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await;
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
 #[tokio::main]
 async fn main() {
     let iterations = env_num("BENCH_ITERATIONS", 20);
@@ -95,35 +126,89 @@ async fn main() {
         ("LOG_LEVEL", "warn"),
     ])
     .await;
+    let plain = Faas::start_with(&[
+        ("FAAS_SANDBOX", "false"),
+        ("REAPER_TIME_TO_LIVE", "1h"),
+        ("LOG_LEVEL", "warn"),
+    ])
+    .await;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
 
-    eprintln!("== cold start: {iterations} rounds each, gateway from zero and direct `uv run`");
+    eprintln!(
+        "== cold start: {iterations} rounds, each: gateway from zero (sandboxed), gateway from \
+         zero (FAAS_SANDBOX=false), direct `uv run`"
+    );
     deploy(&faas, "hello", &hello, "", 1).await;
-    let (mut gateway, mut direct) = (Vec::new(), Vec::new());
+    deploy(&plain, "hello", &hello, "", 1).await;
+    let (mut gateway, mut unsandboxed, mut direct) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..iterations {
-        scale_to_zero(&faas, "hello").await;
-        let started = Instant::now();
-        let r = http.get(faas.url("/gateway/hello/")).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-        let _ = r.bytes().await;
-        gateway.push(started.elapsed().as_secs_f64() * 1000.0);
+        gateway.push(gateway_cold_start(&http, &faas).await);
+        unsandboxed.push(gateway_cold_start(&http, &plain).await);
         direct.push(direct_cold_start(&http, &hello).await);
         eprintln!(
-            "   round {:>2}/{iterations}: gateway {:>6.1} ms, direct {:>6.1} ms",
+            "   round {:>2}/{iterations}: gateway {:>6.1} ms, unsandboxed {:>6.1} ms, direct {:>6.1} ms",
             i + 1,
             gateway[i],
+            unsandboxed[i],
             direct[i]
         );
     }
-    // The rounds alternate gateway and direct, so each pair shares the machine's momentary
-    // state: the median of the paired differences is the overhead's robust estimate.
+    drop(plain);
+    // The rounds alternate the ways, so each pair shares the machine's momentary state: the
+    // median of the paired differences is the overhead's robust estimate.
     let paired: Vec<f64> = gateway.iter().zip(&direct).map(|(g, d)| g - d).collect();
+    let sandbox_paired: Vec<f64> = gateway
+        .iter()
+        .zip(&unsandboxed)
+        .map(|(g, u)| g - u)
+        .collect();
     let (o50, o95) = stats(paired);
+    let (s50, s95) = stats(sandbox_paired);
     let (g50, g95) = stats(gateway);
+    let (u50, u95) = stats(unsandboxed);
     let (d50, d95) = stats(direct);
+
+    // The sandbox alone: bubblewrap with the namespaces and mounts a replica gets, running
+    // `true`, against `true`.
+    let bwrap = common::tool("bwrap").to_string_lossy().into_owned();
+    let sandboxed_true: Vec<String> = [
+        bwrap.as_str(),
+        "--die-with-parent",
+        "--unshare-user",
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--cap-drop",
+        "ALL",
+        "--ro-bind",
+        "/",
+        "/",
+        "--tmpfs",
+        "/tmp",
+        "--tmpfs",
+        "/root",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--remount-ro",
+        "/root",
+        "--",
+        "true",
+    ]
+    .map(String::from)
+    .to_vec();
+    let runs = iterations.max(20) * 5;
+    let true_ms = exec_median(&["true".to_string()], runs);
+    let bwrap_ms = exec_median(&sandboxed_true, runs);
 
     eprintln!("== burst: {burst} concurrent requests at a function at zero (1 s start)");
     let slow = repo().join("benches/functions/slow_start.py");
@@ -180,7 +265,10 @@ async fn main() {
          | cold start of `examples/hello` (stdlib) | median | p95 |\n\
          |---|---:|---:|\n\
          | direct: `uv run --script` until it first answers | {d50:.1} ms | {d95:.1} ms |\n\
-         | through the gateway from zero replicas | {g50:.1} ms | {g95:.1} ms |\n\
+         | through the gateway from zero replicas (sandboxed, the default) | {g50:.1} ms | {g95:.1} ms |\n\
+         | through the gateway from zero replicas, `FAAS_SANDBOX=false` | {u50:.1} ms | {u95:.1} ms |\n\
+         | sandbox: paired, sandboxed minus unsandboxed in the same round | {s50:.1} ms | {s95:.1} ms |\n\
+         | sandbox alone: `bwrap … true` minus `true` ({runs} runs each, median) | {:.2} ms | |\n\
          | overhead: difference of the medians above | {:.1} ms | {:.1} ms |\n\
          | overhead: paired, gateway minus direct in the same round | {o50:.1} ms | {o95:.1} ms |\n\n\
          | burst at a function at zero (1 s start) | result |\n\
@@ -192,6 +280,7 @@ async fn main() {
          | all answered after | {:.2} s |\n\
          | `faas` RSS before → peak while held → peak forwarding | {:.1} → {:.1} → {:.1} MiB |\n\
          | memory per held request | {:.1} KiB |\n",
+        bwrap_ms - true_ms,
         g50 - d50,
         g95 - d95,
         ok as f64 * 100.0 / burst as f64,
@@ -203,9 +292,11 @@ async fn main() {
     );
     println!("\n{table}");
     println!(
-        "targets: overhead <= 10 ms median (paired): {}; stdlib cold start <= 150 ms median: {}; \
-         100 % success: {}; one activation: {}; <= 16 KiB per held request: {}",
+        "targets: overhead <= 10 ms median (paired): {}; sandbox <= 5 ms (bare): {}; stdlib cold \
+         start <= 150 ms median: {}; 100 % success: {}; one activation: {}; <= 16 KiB per held \
+         request: {}",
         verdict(o50 <= 10.0),
+        verdict(bwrap_ms - true_ms <= 5.0),
         verdict(g50 <= 150.0),
         verdict(ok == burst),
         verdict(activations == 1.0),

@@ -6,7 +6,7 @@
 mod harness;
 
 #[allow(unused_imports)] // each benchmark uses its part
-pub use harness::{free_port, repo, uv, Faas};
+pub use harness::{free_port, repo, tool, uv, Faas};
 
 use std::process::Command;
 

@@ -83,11 +83,10 @@ impl Sandbox {
             .filter(|p| p.is_absolute() && p != Path::new("/") && p.is_dir())
             .filter_map(|p| std::fs::canonicalize(p).ok())
             .collect();
+        // Parents first: a directory inside one hidden already (a state directory under /tmp)
+        // is hidden again, read-only, inside the new empty one.
         hidden.sort();
         hidden.dedup();
-        // A directory inside one already hidden is hidden with it.
-        let all = hidden.clone();
-        hidden.retain(|p| !all.iter().any(|q| q != p && p.starts_with(q)));
         let me = Sandbox {
             cgroups: match Cgroups::detect() {
                 Ok(c) => Some(c),
@@ -194,6 +193,13 @@ impl Sandbox {
         push("--bind", &[workdir, workdir]);
         push("--proc", &[Path::new("/proc")]);
         push("--dev", &[Path::new("/dev")]);
+        // Hidden directories are empty and stay so; only /tmp is writable (the mounts made
+        // inside them above, its working directory among them, keep their own flags).
+        for h in &self.hidden {
+            if h != Path::new("/tmp") {
+                push("--remount-ro", &[h]);
+            }
+        }
         push("--chdir", &[workdir]);
         a.push("--".into());
         a
