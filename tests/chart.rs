@@ -13,6 +13,8 @@ const ALL_ON: &[&str] = &[
     "--set",
     "namespace.create=true",
     "--set",
+    "namespace.name=faas-fns",
+    "--set",
     "networkPolicy.enabled=true",
     "--set",
     "networkPolicy.apiServerCIDRs={10.0.0.5/32,10.96.0.1/32,fd00::1/128}",
@@ -198,40 +200,63 @@ fn the_gateway_pod_meets_the_restricted_pod_security_standard() {
 
 #[test]
 fn the_namespace_is_created_with_pod_security_labels_when_asked() {
-    let labels = |options: &[&str]| {
-        let docs = render_chart(options);
-        let ns = find(&docs, "Namespace", "faas");
-        assert_eq!(
-            ns["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
-            "uninstalling the chart would delete the functions"
-        );
-        json(&ns["metadata"]["labels"])
+    let create = |options: &[&str]| {
+        let mut args = vec![
+            "--set",
+            "namespace.create=true",
+            "--set",
+            "namespace.name=faas-fns",
+        ];
+        args.extend_from_slice(options);
+        render_chart(&args)
     };
-    let on = labels(&["--set", "namespace.create=true"]);
+    let docs = create(&[]);
+    let ns = find(&docs, "Namespace", "faas-fns");
+    assert_eq!(
+        ns["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+        "uninstalling the chart would delete the functions"
+    );
+    let labels = json(&ns["metadata"]["labels"]);
     for mode in ["enforce", "audit", "warn"] {
         assert_eq!(
-            on[format!("pod-security.kubernetes.io/{mode}")],
+            labels[format!("pod-security.kubernetes.io/{mode}")],
             "restricted"
         );
     }
-    let baseline = labels(&[
-        "--set",
-        "namespace.create=true",
-        "--set",
-        "namespace.podSecurity=baseline",
-    ]);
-    assert_eq!(baseline["pod-security.kubernetes.io/enforce"], "baseline");
-    let none = labels(&[
-        "--set",
-        "namespace.create=true",
-        "--set",
-        "namespace.podSecurity=",
-    ]);
-    assert!(none.get("pod-security.kubernetes.io/enforce").is_none());
+    // Everything but the release record goes there; the gateway runs functions where it is.
+    for doc in docs.iter().filter(|d| d["kind"] != "Namespace") {
+        assert_eq!(doc["metadata"]["namespace"], "faas-fns", "{doc:?}");
+    }
+    let binding = find(&docs, "RoleBinding", "faas-gateway-rolebinding");
+    assert_eq!(binding["subjects"][0]["namespace"], "faas-fns");
+
+    let baseline = create(&["--set", "namespace.podSecurity=baseline"]);
+    let labels = json(&find(&baseline, "Namespace", "faas-fns")["metadata"]["labels"]);
+    assert_eq!(labels["pod-security.kubernetes.io/enforce"], "baseline");
+    let unlabelled = create(&["--set", "namespace.podSecurity="]);
+    let labels = json(&find(&unlabelled, "Namespace", "faas-fns")["metadata"]["labels"]);
+    assert!(labels.get("pod-security.kubernetes.io/enforce").is_none());
+
     assert!(
         !render_chart(&[]).iter().any(|d| d["kind"] == "Namespace"),
-        "the namespace is created only when asked (helm --create-namespace makes one otherwise)"
+        "a namespace only when asked"
     );
+    // helm stores the release in --namespace before it creates anything: that one cannot be
+    // the chart's.
+    let out = std::process::Command::new(harness::tool("helm"))
+        .args([
+            "template",
+            "faas",
+            "charts/poorman-faas",
+            "--namespace",
+            "faas",
+        ])
+        .args(["--set", "namespace.create=true"])
+        .current_dir(harness::repo())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("namespace.create needs namespace.name"));
 }
 
 #[test]

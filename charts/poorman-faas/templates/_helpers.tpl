@@ -12,3 +12,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/name: faas-gateway
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+{{/* The namespace of the gateway and its functions: namespace.name, else the release's. */}}
+{{- define "faas.namespace" -}}
+{{- .Values.namespace.name | default .Release.Namespace -}}
+{{- end -}}
