@@ -197,6 +197,8 @@ pub const CONTROLS: &[Control] = &[
             "net.ipv4.tcp_fin_timeout",
             "net.ipv4.tcp_keepalive_intvl",
             "net.ipv4.tcp_keepalive_probes",
+            "net.ipv4.tcp_rmem",
+            "net.ipv4.tcp_wmem",
         ]),
     },
     // === restricted ===

@@ -28,9 +28,9 @@ pub const SLICE_SERVICE: &str = "kubernetes.io/service-name";
 /// files as (65532 is the distroless images' `nonroot`).
 pub const RUN_AS: i64 = 65532;
 
-/// The writable directories of a function pod, each its own volume (the root filesystem is
-/// read-only): `HOME`, also the working directory; `TMPDIR`; uv's cache, with the interpreters
-/// uv downloads, so that a shared cache PVC keeps them too.
+// The writable directories of a function pod, each its own volume (the root filesystem is
+// read-only): `HOME`, also the working directory; `TMPDIR`; uv's cache, with the interpreters
+// uv downloads, so that a shared cache PVC keeps them too.
 const HOME: &str = "/home/function";
 const TMP: &str = "/tmp";
 const UV_CACHE: &str = "/uv-cache";
