@@ -4,14 +4,20 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+use utoipa::ToSchema;
 
 use crate::config::Config;
 use crate::function::{check_bounds, DeployRequest};
 use crate::registry::{FnEntry, Registry};
+use crate::replies::{DeployEvent, DeployReply, ErrorBody, FunctionList, FunctionStatus};
 use crate::runtime::Runtime;
 use crate::{now_ms, Error};
+
+/// The media type of streamed answers (deploy progress): one JSON document per line.
+pub const NDJSON: &str = "application/x-ndjson";
 
 /// An admin request as the HTTP layer hands it over.
 #[derive(Debug, Clone, Copy)]
@@ -26,17 +32,25 @@ pub struct AdminRequest<'a> {
     pub host: Option<&'a str>,
     /// The body.
     pub body: &'a [u8],
+    /// The `Accept` header: `application/x-ndjson` asks a deploy to stream its progress.
+    pub accept: Option<&'a str>,
 }
 
 /// An admin response.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AdminResponse {
     /// HTTP status.
     pub status: u16,
     /// Content type of `body`.
     pub content_type: &'static str,
-    /// The body.
+    /// The body; with `stream`, what comes before the streamed part.
     pub body: Vec<u8>,
+    /// Extra headers (`Allow` of a 405).
+    pub headers: Vec<(&'static str, String)>,
+    /// The rest of the body, chunk by chunk as it is produced (deploy progress, followed logs);
+    /// it ends when the sender is dropped. The HTTP layer writes it chunked and drops the
+    /// receiver when the client leaves, which tells the producer to stop.
+    pub stream: Option<mpsc::Receiver<Vec<u8>>>,
     /// The operation, for metrics (`deploy`, `list`, ...).
     pub operation: &'static str,
 }
@@ -49,21 +63,44 @@ pub struct Admin {
     runtime: Arc<dyn Runtime>,
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /admin/functions/{name}/scale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ScaleBody {
-    replicas: u32,
+pub struct ScaleBody {
+    /// Replicas wanted, within the function's `[min_replicas, max_replicas]`.
+    pub replicas: u32,
 }
+
+/// Chunks a streamed answer may be ahead of a slow client.
+const STREAM_BACKLOG: usize = 64;
 
 // === impl AdminResponse ===
 
 impl AdminResponse {
     /// A JSON response.
-    pub fn json(operation: &'static str, status: u16, body: &Value) -> Self {
+    pub fn json(operation: &'static str, status: u16, body: &impl Serialize) -> Self {
         AdminResponse {
             status,
             content_type: "application/json",
-            body: body.to_string().into_bytes(),
+            body: serde_json::to_vec(body).unwrap_or_default(),
+            headers: Vec::new(),
+            stream: None,
+            operation,
+        }
+    }
+
+    fn streamed(
+        operation: &'static str,
+        content_type: &'static str,
+        body: Vec<u8>,
+        stream: mpsc::Receiver<Vec<u8>>,
+    ) -> Self {
+        AdminResponse {
+            status: 200,
+            content_type,
+            body,
+            headers: Vec::new(),
+            stream: Some(stream),
             operation,
         }
     }
@@ -73,7 +110,10 @@ impl AdminResponse {
         Self::json(
             operation,
             status,
-            &json!({"code": status, "message": message}),
+            &ErrorBody {
+                code: status,
+                message: message.to_string(),
+            },
         )
     }
 
@@ -104,7 +144,7 @@ impl Admin {
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim);
         match given {
-            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => None,
+            Some(g) if bool::from(g.as_bytes().ct_eq(token.as_bytes())) => None,
             Some(_) => Some(AdminResponse::error("auth", 401, "the admin token is wrong")),
             None => Some(AdminResponse::error(
                 "auth",
@@ -130,16 +170,65 @@ impl Admin {
             ("DELETE", ["functions", name]) => self.delete(name).await,
             ("POST", ["functions", name, "scale"]) => self.scale(name, req.body).await,
             ("GET", ["functions", name, "logs"]) => self.logs(name, req.query).await,
-            (
-                _,
-                ["python"] | ["functions"] | ["functions", _] | ["functions", _, "scale" | "logs"],
-            ) => AdminResponse::error(
-                "unknown",
-                405,
-                &format!("{} is not allowed on {}", req.method, req.path),
-            ),
-            _ => AdminResponse::error("unknown", 404, &format!("no admin route {}", req.path)),
+            ("GET", ["openapi.json"]) => AdminResponse {
+                body: crate::openapi::document().as_bytes().to_vec(),
+                ..AdminResponse::json("openapi", 200, &())
+            },
+            (_, route) => {
+                let allow = match route {
+                    ["python"] | ["functions", _, "scale"] => "POST",
+                    ["functions"] | ["functions", _, "logs"] | ["openapi.json"] => "GET",
+                    ["functions", _] => "GET, PUT, DELETE",
+                    _ => {
+                        let msg = format!("no admin route {}", req.path);
+                        return AdminResponse::error("unknown", 404, &msg);
+                    }
+                };
+                let msg = format!("{} is not allowed on {}", req.method, req.path);
+                let mut resp = AdminResponse::error("unknown", 405, &msg);
+                resp.headers.push(("Allow", allow.to_string()));
+                resp
+            }
         }
+    }
+
+    /// Runs a deploy or an update in a task of its own, streaming its progress as NDJSON; the
+    /// last line is the outcome (`outcome` turns the runtime's result into it).
+    fn stream_deploy(
+        &self,
+        operation: &'static str,
+        first: String,
+        work: impl std::future::Future<Output = DeployReply> + Send + 'static,
+    ) -> AdminResponse {
+        let (body_tx, body_rx) = mpsc::channel(STREAM_BACKLOG);
+        let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<String>();
+        let line = |event: &DeployEvent| {
+            let mut l = serde_json::to_vec(event).unwrap_or_default();
+            l.push(b'\n');
+            l
+        };
+        let head = line(&DeployEvent::Progress { progress: first });
+        let deploy = tokio::spawn(crate::progress::scope(progress_tx, work));
+        tokio::spawn(async move {
+            // Ends when the deploy is over (its sender is dropped with its scope).
+            while let Some(progress) = progress_rx.recv().await {
+                // A client that left does not stop the deploy, which finishes on its own.
+                let _ = body_tx
+                    .send(line(&DeployEvent::Progress { progress }))
+                    .await;
+            }
+            let reply = match deploy.await {
+                Ok(reply) => reply,
+                Err(e) => DeployReply {
+                    url: String::new(),
+                    code: 500,
+                    message: format!("the deploy failed: {e}"),
+                    name: String::new(),
+                },
+            };
+            let _ = body_tx.send(line(&DeployEvent::Done(reply))).await;
+        });
+        AdminResponse::streamed(operation, NDJSON, head, body_rx)
     }
 
     async fn deploy(&self, req: AdminRequest<'_>) -> AdminResponse {
@@ -148,7 +237,12 @@ impl Admin {
             AdminResponse::json(
                 op,
                 status,
-                &json!({"url": url, "code": status, "message": message, "name": name}),
+                &DeployReply {
+                    url,
+                    code: status,
+                    message,
+                    name: name.to_string(),
+                },
             )
         };
         let def = match DeployRequest::from_json(req.body).and_then(|r| r.into_new(now_ms())) {
@@ -157,29 +251,59 @@ impl Admin {
         };
         let name = def.spec.name.clone();
         log::info!("deploying {name} ({} replica(s))", def.spec.replicas);
-        match self.runtime.create(def).await {
-            Ok(()) => reply(200, self.url(&name, req.host), "success".into(), &name),
-            Err(e) => {
-                if let Error::Internal { .. } = e {
-                    log::error!("deploy {name}: {e}");
-                }
-                reply(e.status(), String::new(), e.to_string(), &name)
-            }
+        if !wants_stream(req.accept) {
+            let r = deploy_reply(
+                self.runtime.create(def).await,
+                self.url(&name, req.host),
+                &name,
+            );
+            return AdminResponse::json(op, r.code, &r);
         }
+        // What can be known at once is answered at once, with its status.
+        if self.registry.get(&name).is_some() {
+            let e = Error::Conflict(name.clone());
+            return reply(e.status(), String::new(), e.to_string(), &name);
+        }
+        let first = format!(
+            "deploying {name}: resolving and installing its dependencies ({})",
+            dependencies(&def.spec.metadata.dependencies)
+        );
+        let runtime = self.runtime.clone();
+        let url = self.url(&name, req.host);
+        self.stream_deploy(op, first, async move {
+            deploy_reply(runtime.create(def).await, url, &name)
+        })
     }
 
     fn list(&self, req: AdminRequest<'_>) -> AdminResponse {
         let table = self.registry.snapshot();
-        let mut items: Vec<Value> = table
+        let mut functions: Vec<FunctionStatus> = table
             .values()
             .map(|e| self.status_json(e, req.host))
             .collect();
-        items.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-        AdminResponse::json("list", 200, &json!({ "functions": items }))
+        functions.sort_by(|a, b| a.name.cmp(&b.name));
+        AdminResponse::json("list", 200, &FunctionList { functions })
     }
 
     async fn update(&self, name: &str, req: AdminRequest<'_>) -> AdminResponse {
         let op = "update";
+        if wants_stream(req.accept) {
+            let request = match DeployRequest::from_json(req.body) {
+                Ok(r) => r,
+                Err(e) => return AdminResponse::from_error(op, &e),
+            };
+            if self.registry.get(name).is_none() {
+                return AdminResponse::from_error(op, &Error::NotFound(name.to_string()));
+            }
+            let runtime = self.runtime.clone();
+            let url = self.url(name, req.host);
+            let name = name.to_string();
+            let first = format!("updating {name}: preparing the new version");
+            return self.stream_deploy(op, first, async move {
+                let result = runtime.update(&name, request).await;
+                deploy_reply(result, url, &name)
+            });
+        }
         let result = async {
             let request = DeployRequest::from_json(req.body)?;
             self.runtime.update(name, request).await
@@ -195,9 +319,8 @@ impl Admin {
         match self.runtime.delete(name).await {
             Ok(()) => AdminResponse {
                 status: 204,
-                content_type: "application/json",
                 body: Vec::new(),
-                operation: "delete",
+                ..AdminResponse::json("delete", 204, &())
             },
             Err(e) => AdminResponse::from_error("delete", &e),
         }
@@ -233,6 +356,7 @@ impl Admin {
 
     async fn logs(&self, name: &str, query: Option<&str>) -> AdminResponse {
         let op = "logs";
+        let text = "text/plain; charset=utf-8";
         let tail = match query_param(query, "tail") {
             None => 100,
             Some(v) => match v.parse::<usize>() {
@@ -242,28 +366,49 @@ impl Admin {
                 }
             },
         };
-        match self.runtime.logs(name, tail).await {
-            Ok(lines) => {
-                let mut body = lines.join("\n");
-                if !body.is_empty() {
-                    body.push('\n');
-                }
-                AdminResponse {
-                    status: 200,
-                    content_type: "text/plain; charset=utf-8",
-                    body: body.into_bytes(),
-                    operation: op,
+        let follow = match query_param(query, "follow") {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return AdminResponse::error(op, 400, "follow must be true or false"),
+        };
+        if !follow {
+            return match self.runtime.logs(name, tail).await {
+                Ok(lines) => AdminResponse {
+                    content_type: text,
+                    body: lines_text(lines),
+                    ..AdminResponse::json(op, 200, &())
+                },
+                Err(e) => AdminResponse::from_error(op, &e),
+            };
+        }
+        let follow = match self.runtime.follow_logs(name, tail).await {
+            Ok(f) => f,
+            Err(e) => return AdminResponse::from_error(op, &e),
+        };
+        let (tx, rx) = mpsc::channel(STREAM_BACKLOG);
+        let mut lines = follow.lines;
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let line = match lines.recv().await {
+                    Ok(line) => line,
+                    Err(RecvError::Lagged(n)) => format!("[faas] ... {n} lines skipped"),
+                    // The function is gone.
+                    Err(RecvError::Closed) => break,
+                };
+                if tx.send(lines_text(vec![line])).await.is_err() {
+                    break; // the client left
                 }
             }
-            Err(e) => AdminResponse::from_error(op, &e),
-        }
+        });
+        AdminResponse::streamed(op, text, lines_text(follow.recent), rx)
     }
 
     fn with_entry(
         &self,
         op: &'static str,
         name: &str,
-        f: impl FnOnce(&FnEntry) -> Value,
+        f: impl FnOnce(&FnEntry) -> FunctionStatus,
     ) -> AdminResponse {
         match self.registry.get(name) {
             Some(e) => AdminResponse::json(op, 200, &f(&e)),
@@ -278,31 +423,35 @@ impl Admin {
         format!("http://{host}{}/{name}", self.cfg.path_prefix)
     }
 
-    /// The status of one function as JSON.
-    pub fn status_json(&self, e: &FnEntry, host: Option<&str>) -> Value {
+    /// The status of one function.
+    pub fn status_json(&self, e: &FnEntry, host: Option<&str>) -> FunctionStatus {
         let spec = e.spec();
         let last = e.last_activity_ms();
-        json!({
-            "name": e.name,
-            "url": self.url(&e.name, host),
-            "user": spec.user,
-            "replicas": spec.replicas,
-            "ready_replicas": e.ready(),
-            "inflight": e.inflight.load(std::sync::atomic::Ordering::Relaxed),
-            "pending": e.pending.load(std::sync::atomic::Ordering::Relaxed),
-            "min_replicas": spec.min_replicas,
-            "max_replicas": spec.max_replicas,
-            "target_concurrency": spec.target_concurrency,
-            "max_concurrency": spec.max_concurrency,
-            "idle_timeout_seconds": spec.idle_timeout().unwrap_or(self.cfg.reaper_time_to_live).as_secs_f64(),
-            "last_activity": rfc3339(last),
-            "last_activity_ms": last,
-            "requires_python": spec.metadata.requires_python,
-            "dependencies": spec.metadata.dependencies,
-            "version": spec.version,
-            "created_at": rfc3339(spec.created_at_ms),
-            "updated_at": rfc3339(spec.updated_at_ms),
-        })
+        FunctionStatus {
+            name: e.name.clone(),
+            url: self.url(&e.name, host),
+            user: spec.user.clone(),
+            replicas: spec.replicas,
+            ready_replicas: e.ready() as u64,
+            inflight: e.inflight.load(std::sync::atomic::Ordering::Relaxed) as u64,
+            pending: e.pending.load(std::sync::atomic::Ordering::Relaxed) as u64,
+            min_replicas: spec.min_replicas,
+            max_replicas: spec.max_replicas,
+            target_concurrency: spec.target_concurrency,
+            max_concurrency: spec.max_concurrency,
+            idle_timeout_seconds: spec
+                .idle_timeout()
+                .unwrap_or(self.cfg.reaper_time_to_live)
+                .as_secs_f64(),
+            last_activity: rfc3339(last),
+            last_activity_ms: last,
+            requires_python: spec.metadata.requires_python.clone(),
+            dependencies: spec.metadata.dependencies.clone(),
+            version: spec.version,
+            created_at: rfc3339(spec.created_at_ms),
+            updated_at: rfc3339(spec.updated_at_ms),
+            zygote: self.runtime.zygote_status(&e.name),
+        }
     }
 }
 
@@ -317,8 +466,49 @@ fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
     })
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether the client asked for a streamed (NDJSON) answer.
+fn wants_stream(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.split(',').any(|t| t.trim().starts_with(NDJSON)))
+}
+
+/// The outcome of a deploy or update in the original's reply shape.
+fn deploy_reply(result: crate::Result<()>, url: String, name: &str) -> DeployReply {
+    match result {
+        Ok(()) => DeployReply {
+            url,
+            code: 200,
+            message: "success".into(),
+            name: name.to_string(),
+        },
+        Err(e) => {
+            if let Error::Internal { .. } = e {
+                log::error!("deploy {name}: {e}");
+            }
+            DeployReply {
+                url: String::new(),
+                code: e.status(),
+                message: e.to_string(),
+                name: name.to_string(),
+            }
+        }
+    }
+}
+
+fn dependencies(deps: &[String]) -> String {
+    match deps.len() {
+        0 => "no packages".into(),
+        1..=3 => deps.join(", "),
+        n => format!("{}, ... ({n} packages)", deps[..3].join(", ")),
+    }
+}
+
+/// Lines as text, each ending with a line feed.
+fn lines_text(lines: Vec<String>) -> Vec<u8> {
+    let mut body = lines.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    body.into_bytes()
 }
 
 #[cfg(test)]
@@ -332,9 +522,12 @@ mod tests {
     }
 
     #[test]
-    fn token_compare() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
+    fn ndjson_is_asked_for_by_accept() {
+        assert!(wants_stream(Some("application/x-ndjson")));
+        assert!(wants_stream(Some(
+            "application/json, application/x-ndjson;q=0.9"
+        )));
+        assert!(!wants_stream(Some("application/json")));
+        assert!(!wants_stream(None));
     }
 }

@@ -8,6 +8,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::pep723::{self, ScriptMetadata};
 use crate::{Error, Result};
@@ -25,11 +26,16 @@ const B64: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// The body of `POST /admin/python` and `PUT /admin/functions/{name}`: the original's shape.
-#[derive(Debug, Default, Deserialize)]
+/// On a deploy `script` is required; on an update absent fields keep their value.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct DeployRequest {
-    /// The script, base64 (line-wrapped input accepted).
+    /// The script, base64 (line-wrapped input accepted): a PEP 723 script with a `script` block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(content_encoding = "base64", content_media_type = "text/x-python")]
     pub script: Option<String>,
     /// A dotenv file, base64; its entries become the function's environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(content_encoding = "base64")]
     pub dot_file: Option<String>,
     /// Deploy options.
     #[serde(default)]
@@ -37,30 +43,55 @@ pub struct DeployRequest {
 }
 
 /// `option` of a deploy request. Unknown keys are refused so that a typo is not silently ignored.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
     /// Who deployed it (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// Initial replicas.
+    /// Initial replicas (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 4294967295_u64)]
     pub replica: Option<u32>,
-    /// Replicas the reaper and autoscaler never go below.
+    /// Replicas the reaper and autoscaler never go below (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 4294967295_u64)]
     pub min_replicas: Option<u32>,
-    /// Replicas the autoscaler never goes above.
+    /// Replicas the autoscaler never goes above (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
     pub max_replicas: Option<u32>,
     /// In-flight requests per replica the autoscaler aims at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
     pub target_concurrency: Option<u32>,
     /// Requests one replica serves at once; more wait in the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
     pub max_concurrency: Option<u32>,
     /// Idle time before scale to zero: a duration string (`10m`) or seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::openapi::duration_or_seconds)]
     pub idle_timeout: Option<serde_json::Value>,
-    /// A stable name instead of `service-<uuid>`.
+    /// A stable name instead of `service-<uuid>`: 1 to 63 lowercase letters, digits and `-`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: Option<String>,
-    /// Memory of one replica (`"256Mi"`, `"1Gi"` or bytes); local runtime.
+    /// Memory of one replica (`"256Mi"`, `"1Gi"` or bytes, at least 16Mi); local runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::openapi::size_or_bytes)]
     pub memory_limit: Option<serde_json::Value>,
     /// Processes and threads of one replica; local runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 18446744073709551615_u64)]
     pub max_processes: Option<u64>,
     /// Open files of each process of a replica; local runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 18446744073709551615_u64)]
     pub max_open_files: Option<u64>,
 }
 

@@ -1,14 +1,38 @@
-//! A capped buffer of a function's recent output lines.
+//! A capped buffer of a function's recent output lines, which followers (`faas logs -f`) can
+//! subscribe to.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use tokio::sync::broadcast;
+
 /// The most recent lines of output, bounded in count and line length.
 #[derive(Debug)]
 pub struct LogBuf {
-    lines: Mutex<VecDeque<String>>,
+    state: Mutex<State>,
     max_lines: usize,
 }
+
+#[derive(Debug, Default)]
+struct State {
+    lines: VecDeque<String>,
+    /// Made by the first follower: a function nobody follows pays nothing for it.
+    followers: Option<broadcast::Sender<String>>,
+}
+
+/// What a follower gets: the last lines, then every new one. The receiver closes when the
+/// buffer is dropped (the function was deleted); a follower that falls more than
+/// [`FOLLOW_BACKLOG`] lines behind is told how many it missed (`RecvError::Lagged`).
+#[derive(Debug)]
+pub struct Follow {
+    /// The last lines at the time of subscribing, oldest first.
+    pub recent: Vec<String>,
+    /// Lines pushed after `recent`.
+    pub lines: broadcast::Receiver<String>,
+}
+
+/// New lines a slow follower may be behind before it misses some.
+pub const FOLLOW_BACKLOG: usize = 1024;
 
 /// Lines longer than this are cut.
 const MAX_LINE: usize = 4096;
@@ -18,7 +42,7 @@ impl LogBuf {
     pub fn new(max_lines: usize) -> Self {
         LogBuf {
             // Allocated as lines come: thousands of idle functions cost nothing here.
-            lines: Mutex::new(VecDeque::new()),
+            state: Mutex::new(State::default()),
             max_lines,
         }
     }
@@ -33,21 +57,48 @@ impl LogBuf {
             line.truncate(cut);
             line.push_str(" …");
         }
-        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        if lines.len() == self.max_lines {
-            lines.pop_front();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = &state.followers {
+            if tx.send(line.clone()).is_err() {
+                // The last follower left.
+                state.followers = None;
+            }
         }
-        lines.push_back(line);
+        if state.lines.len() == self.max_lines {
+            state.lines.pop_front();
+        }
+        state.lines.push_back(line);
     }
 
     /// The last `n` lines, oldest first.
     pub fn tail(&self, n: usize) -> Vec<String> {
-        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let lines = &state.lines;
         lines
             .iter()
             .skip(lines.len().saturating_sub(n))
             .cloned()
             .collect()
+    }
+
+    /// The last `n` lines and every line after them, none lost or repeated in between.
+    pub fn follow(&self, n: usize) -> Follow {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let lines = match &state.followers {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = broadcast::channel(FOLLOW_BACKLOG);
+                state.followers = Some(tx);
+                rx
+            }
+        };
+        let recent = state
+            .lines
+            .iter()
+            .skip(state.lines.len().saturating_sub(n))
+            .cloned()
+            .collect();
+        Follow { recent, lines }
     }
 }
 
@@ -63,5 +114,18 @@ mod tests {
         }
         assert_eq!(b.tail(10), vec!["l2", "l3", "l4"]);
         assert_eq!(b.tail(1), vec!["l4"]);
+    }
+
+    #[tokio::test]
+    async fn followers_get_the_tail_then_new_lines() {
+        let b = LogBuf::new(10);
+        b.push("old".into());
+        b.push("last".into());
+        let mut f = b.follow(1);
+        assert_eq!(f.recent, vec!["last"]);
+        b.push("new".into());
+        assert_eq!(f.lines.recv().await.unwrap(), "new");
+        drop(b);
+        assert!(f.lines.recv().await.is_err(), "closed with the buffer");
     }
 }

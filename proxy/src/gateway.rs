@@ -98,6 +98,7 @@ impl Gateway {
                 Ok(body) => {
                     let req = session.req_header();
                     let host = header(session, "host");
+                    let accept = header(session, "accept");
                     let path = req.uri.path().to_string();
                     let query = req.uri.query().map(str::to_string);
                     let method = req.method.as_str().to_string();
@@ -108,6 +109,7 @@ impl Gateway {
                             query: query.as_deref(),
                             host: host.as_deref(),
                             body: &body,
+                            accept: accept.as_deref(),
                         })
                         .await
                 }
@@ -120,7 +122,18 @@ impl Gateway {
         if resp.status == 413 {
             session.set_keepalive(None);
         }
-        respond::send(session, resp.status, resp.content_type, &[], resp.body).await
+        if let Some(rest) = resp.stream {
+            let head = (resp.status, resp.content_type, resp.body);
+            return crate::streamed::send(session, head, &resp.headers, rest).await;
+        }
+        respond::send(
+            session,
+            resp.status,
+            resp.content_type,
+            &resp.headers,
+            resp.body,
+        )
+        .await
     }
 
     /// Reads the request body up to the limit; `Err` is the 413 to send.

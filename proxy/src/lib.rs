@@ -14,3 +14,4 @@ pub mod ratelimit;
 pub mod respond;
 pub mod routes;
 pub mod signals;
+pub mod streamed;

@@ -7,7 +7,8 @@ pub mod local;
 use async_trait::async_trait;
 
 use crate::function::{DeployRequest, FunctionDef};
-use crate::Result;
+use crate::logbuf::Follow;
+use crate::{Error, Result};
 
 /// What the admin API, the reaper and the activator need from a runtime.
 #[async_trait]
@@ -37,6 +38,21 @@ pub trait Runtime: Send + Sync + 'static {
     /// The last `tail` lines of the output of a function's replicas.
     async fn logs(&self, name: &str, tail: usize) -> Result<Vec<String>>;
 
+    /// The last `tail` lines of a function's output and every new line after them
+    /// (`faas logs -f`). Runtimes that cannot follow answer 503.
+    async fn follow_logs(&self, name: &str, tail: usize) -> Result<Follow> {
+        let _ = (name, tail);
+        Err(Error::Unavailable(
+            "this runtime cannot follow logs; ask for them without follow".into(),
+        ))
+    }
+
     /// Stops every replica (process shutdown); functions stay stored.
     async fn shutdown(&self);
+
+    /// The function's zygote as the admin API shows it (local runtime), `None` where there is
+    /// none.
+    fn zygote_status(&self, _name: &str) -> Option<serde_json::Value> {
+        None
+    }
 }

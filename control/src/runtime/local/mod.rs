@@ -26,7 +26,7 @@ use self::uv::PythonEnv;
 use super::Runtime;
 use crate::config::Config;
 use crate::function::{DeployRequest, FunctionDef};
-use crate::logbuf::LogBuf;
+use crate::logbuf::{Follow, LogBuf};
 use crate::registry::{FnEntry, Registry};
 use crate::{Error, Result};
 
@@ -398,6 +398,15 @@ impl Runtime for LocalRuntime {
         guard
             .as_ref()
             .map(|f| f.logs.tail(tail))
+            .ok_or_else(|| Error::NotFound(name.to_string()))
+    }
+
+    async fn follow_logs(&self, name: &str, tail: usize) -> Result<Follow> {
+        let slot = self.slot(name)?;
+        let guard = slot.lock().await;
+        guard
+            .as_ref()
+            .map(|f| f.logs.follow(tail))
             .ok_or_else(|| Error::NotFound(name.to_string()))
     }
 

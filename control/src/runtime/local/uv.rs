@@ -69,6 +69,7 @@ pub async fn prepare(uv: &str, script: &Path, name: &str) -> Result<PythonEnv> {
         let mut lines = BufReader::new(err).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             log::info!("deploy {name}: uv: {line}");
+            crate::progress::report(format!("uv: {line}"));
             output.push(line);
         }
     }
@@ -110,6 +111,7 @@ pub async fn prepare(uv: &str, script: &Path, name: &str) -> Result<PythonEnv> {
         .await
         .ok()
         .map(PathBuf::from);
+    crate::progress::report("environment ready; starting the function");
     Ok(PythonEnv {
         python,
         venv,
