@@ -154,8 +154,14 @@ const SETTINGS: &[(&str, &str)] = &[
 ];
 
 impl Config {
-    /// Reads the `faas:` section of a YAML file (if given) and the process environment.
+    /// Reads the `faas:` section of a YAML file (if given) and the process environment. A
+    /// variable that looks like a misspelt setting stops start-up (see [`check_environment`]).
     pub fn load(yaml: Option<&str>) -> Result<Self> {
+        for ignored in
+            check_environment(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))?
+        {
+            eprintln!("faas: ignoring {ignored}: not a setting of `faas serve`");
+        }
         Self::from_sources(yaml, |k| std::env::var(k).ok())
     }
 
@@ -166,10 +172,7 @@ impl Config {
             None => HashMap::new(),
         };
         let get = |name: &str| -> String {
-            let key = name
-                .strip_prefix("FAAS_")
-                .unwrap_or(name)
-                .to_ascii_lowercase();
+            let key = file_key(name);
             env(name)
                 .or_else(|| file.get(&key).cloned())
                 .or_else(|| {
@@ -334,6 +337,63 @@ fn number<T: FromStr>(get: &impl Fn(&str) -> String, name: &str) -> Result<T> {
         .map_err(|_| invalid(name, &v, "expected a non-negative whole number in range"))
 }
 
+/// Variables of ours that are not settings of `faas serve`: the command line's, and `--conf`'s.
+const CLIENT_VARIABLES: &[&str] = &["FAAS_GATEWAY", "FAAS_CONF"];
+
+/// Prefixes of our variables: a name with one that is not a setting is probably a typo.
+const OUR_PREFIXES: &[&str] = &["FAAS_", "REAPER_", "GATEWAY_", "K8S_"];
+
+/// Checks the names of the environment's variables: one that is not a setting but is within a
+/// few letters of one (`FAAS_ACTIVATION_TIMEUOT`) is an error naming the setting it resembles;
+/// other unknown `FAAS_*` names are returned, to be reported as ignored. Kubernetes' service
+/// links (`FAAS_GATEWAY_SERVICE_HOST`, `FAAS_GATEWAY_PORT_8080_TCP`, ...) are not ours.
+pub fn check_environment(names: impl IntoIterator<Item = String>) -> Result<Vec<String>> {
+    let mut ignored = Vec::new();
+    for name in names {
+        let ours = OUR_PREFIXES.iter().any(|p| name.starts_with(p));
+        if !ours
+            || SETTINGS.iter().any(|(n, _)| *n == name)
+            || CLIENT_VARIABLES.contains(&name.as_str())
+            || is_service_link(&name)
+        {
+            continue;
+        }
+        let known = SETTINGS
+            .iter()
+            .map(|(n, _)| *n)
+            .chain(CLIENT_VARIABLES.iter().copied());
+        match nearest(&name, known) {
+            Some(near) => {
+                return Err(Error::BadRequest(format!(
+                    "unknown variable {name}: did you mean {near}? (README: Configuration)"
+                )))
+            }
+            None if name.starts_with("FAAS_") => ignored.push(name),
+            None => {}
+        }
+    }
+    Ok(ignored)
+}
+
+/// Whether a variable is one Kubernetes sets for a Service (`<SERVICE>_SERVICE_HOST`,
+/// `<SERVICE>_PORT_8080_TCP_ADDR`, ...).
+fn is_service_link(name: &str) -> bool {
+    name.ends_with("_SERVICE_HOST")
+        || name.contains("_SERVICE_PORT")
+        || name.ends_with("_PORT")
+        || name.contains("_PORT_")
+            && (name.contains("_TCP") || name.contains("_UDP") || name.contains("_SCTP"))
+}
+
+/// The known name closest to `name`, if it is close enough to be what was meant.
+fn nearest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    known
+        .map(|k| (strsim::levenshtein(name, k), k))
+        .filter(|(d, k)| *d <= 3.max(k.len() / 6))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
 fn invalid(name: &str, value: &str, why: &str) -> Error {
     Error::BadRequest(format!("invalid {name}={value:?}: {why}"))
 }
@@ -343,14 +403,34 @@ fn file_section(text: &str) -> Result<HashMap<String, String>> {
         .map_err(|e| Error::BadRequest(format!("the configuration file is not valid YAML: {e}")))?;
     let mut out = HashMap::new();
     if let Some(serde_yaml::Value::Mapping(m)) = doc.get("faas") {
+        let known: Vec<String> = SETTINGS.iter().map(|(n, _)| file_key(n)).collect();
         for (k, v) in m {
             let (Some(k), Some(v)) = (k.as_str(), scalar(v)) else {
                 continue;
             };
-            out.insert(k.to_ascii_lowercase(), v);
+            let k = k.to_ascii_lowercase();
+            if !known.contains(&k) {
+                let hint = match nearest(&k, known.iter().map(String::as_str)) {
+                    Some(near) => format!("did you mean {near}?"),
+                    None => "the keys are the variables of the README's Configuration in lower \
+                             case, without FAAS_"
+                        .into(),
+                };
+                return Err(Error::BadRequest(format!(
+                    "unknown key `{k}` in the faas: section of the configuration file: {hint}"
+                )));
+            }
+            out.insert(k, v);
         }
     }
     Ok(out)
+}
+
+/// A setting's key in the file: its variable in lower case without `FAAS_`.
+fn file_key(name: &str) -> String {
+    name.strip_prefix("FAAS_")
+        .unwrap_or(name)
+        .to_ascii_lowercase()
 }
 
 fn scalar(v: &serde_yaml::Value) -> Option<String> {
@@ -362,7 +442,9 @@ fn scalar(v: &serde_yaml::Value) -> Option<String> {
     }
 }
 
-fn default_state_dir() -> PathBuf {
+/// The state directory when `FAAS_STATE_DIR` is unset: `$XDG_STATE_HOME/poorman-faas`, else
+/// `~/.local/state/poorman-faas` (also where the command line looks for the admin token).
+pub fn default_state_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
         return PathBuf::from(d).join("poorman-faas");
     }
@@ -448,6 +530,45 @@ mod tests {
         assert!(e.contains("FAAS_PIN_THREADS"), "{e}");
         let e = with(&[("FAAS_RUNTIME", "docker")]).unwrap_err().to_string();
         assert!(e.contains("FAAS_RUNTIME"), "{e}");
+    }
+
+    #[test]
+    fn misspelt_names_stop_start_up_and_name_the_setting() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let e = check_environment(names(&["FAAS_ACTIVATION_TIMEUOT"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FAAS_ACTIVATION_TIMEUOT") && e.contains("FAAS_ACTIVATION_TIMEOUT"),
+            "{e}"
+        );
+        let e = check_environment(names(&["REAPER_TIME_TO_LIEV"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("REAPER_TIME_TO_LIVE"), "{e}");
+        // Ours but not the server's, Kubernetes' service links, others' variables.
+        let fine = names(&[
+            "FAAS_GATEWAY",
+            "FAAS_ADMIN_TOKEN",
+            "FAAS_GATEWAY_SERVICE_HOST",
+            "FAAS_GATEWAY_PORT_8080_TCP_ADDR",
+            "HOME",
+            "FAAS_SOMETHING_ELSE_ENTIRELY",
+        ]);
+        assert_eq!(
+            check_environment(fine).unwrap(),
+            vec!["FAAS_SOMETHING_ELSE_ENTIRELY"]
+        );
+        let yaml = "faas:\n  port: 9000\n  activation_timout: 5s\n";
+        let e = Config::from_sources(Some(yaml), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("activation_timout") && e.contains("activation_timeout"),
+            "{e}"
+        );
+        let shipped = include_str!("../../conf/faas.yaml");
+        Config::from_sources(Some(shipped), |_| None).expect("the shipped file is valid");
     }
 
     #[test]

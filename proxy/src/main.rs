@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use control::admin::Admin;
 use control::config::{Config, RuntimeKind};
 use control::registry::Registry;
@@ -24,36 +24,22 @@ use proxy::lifecycle::Lifecycle;
 use proxy::metrics::Metrics;
 use proxy::signals::Signals;
 
-#[derive(Parser)]
-#[command(
-    name = "faas",
-    version,
-    about = "Poorman FaaS: Python functions behind a Pingora gateway"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the gateway, admin API and runtime.
-    Serve {
-        /// Configuration file (Pingora keys + a `faas:` section); the environment overrides it.
-        #[arg(long, env = "FAAS_CONF")]
-        conf: Option<PathBuf>,
-    },
-}
+mod cli;
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("faas: {e:#}");
-        std::process::exit(2);
+    let cli::Cli { global, command } = cli::Cli::parse();
+    match command {
+        cli::Command::Serve { conf } => {
+            if let Err(e) = serve(conf) {
+                eprintln!("faas: {e:#}");
+                std::process::exit(2);
+            }
+        }
+        command => std::process::exit(cli::run(global, command)),
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    let Command::Serve { conf } = Cli::parse().command;
+fn serve(conf: Option<PathBuf>) -> anyhow::Result<()> {
     let yaml = match &conf {
         Some(path) => Some(
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
