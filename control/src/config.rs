@@ -75,6 +75,12 @@ pub struct Config {
     pub kube: KubeSettings,
     /// How functions are confined on the local runtime.
     pub sandbox: SandboxSettings,
+    /// `FAAS_ZYGOTE`: local replicas are forked from a zygote of their function version that
+    /// imported the script's imports (see `runtime::local::zygote`).
+    pub zygote: bool,
+    /// `FAAS_ZYGOTE_TTL`: how long a zygote is kept while its function is at zero; unset: as
+    /// long as the function's idle timeout.
+    pub zygote_ttl: Option<Duration>,
 }
 
 /// How the local runtime confines a replica (see `runtime::local::sandbox`).
@@ -128,6 +134,8 @@ const SETTINGS: &[(&str, &str)] = &[
     ("FAAS_ADMIN_TOKEN", ""),
     ("FAAS_ADMIN_OPEN", "false"),
     ("FAAS_SANDBOX", "true"),
+    ("FAAS_ZYGOTE", "true"),
+    ("FAAS_ZYGOTE_TTL", ""),
     ("FAAS_BWRAP", "bwrap"),
     ("FAAS_FUNCTION_MAX_PROCESSES", "1024"),
     ("FAAS_FUNCTION_MAX_OPEN_FILES", "4096"),
@@ -272,6 +280,11 @@ impl Config {
                 memory_bytes,
                 max_processes: number(&get, "FAAS_FUNCTION_MAX_PROCESSES")?,
                 max_open_files: number(&get, "FAAS_FUNCTION_MAX_OPEN_FILES")?,
+            },
+            zygote: flag(&get, "FAAS_ZYGOTE")?,
+            zygote_ttl: match get("FAAS_ZYGOTE_TTL") {
+                t if t.trim().is_empty() => None,
+                _ => Some(duration(&get, "FAAS_ZYGOTE_TTL")?),
             },
         })
     }

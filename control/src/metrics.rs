@@ -13,6 +13,10 @@ pub struct ControlMetrics {
     pub cold_start_duration: HistogramVec,
     /// `faas_reaper_scale_downs_total`: idle functions scaled to zero.
     pub reaper_scale_downs: IntCounter,
+    /// `faas_replica_starts_total{function,path}`: replica processes started on the local
+    /// runtime, by how (`zygote`: forked; `direct`: the interpreter started, no zygote warm;
+    /// `fallback`: the interpreter started because the zygote path failed).
+    pub replica_starts: IntCounterVec,
 }
 
 /// Cold starts take from tens of milliseconds (stdlib script) to a minute.
@@ -44,11 +48,20 @@ impl ControlMetrics {
         )?;
         registry.register(Box::new(cold_starts.clone()))?;
         registry.register(Box::new(cold_start_duration.clone()))?;
+        let replica_starts = IntCounterVec::new(
+            Opts::new(
+                "faas_replica_starts_total",
+                "Replica processes started on the local runtime, by path (zygote, direct, fallback)",
+            ),
+            &["function", "path"],
+        )?;
         registry.register(Box::new(reaper_scale_downs.clone()))?;
+        registry.register(Box::new(replica_starts.clone()))?;
         Ok(ControlMetrics {
             cold_starts,
             cold_start_duration,
             reaper_scale_downs,
+            replica_starts,
         })
     }
 
@@ -58,8 +71,14 @@ impl ControlMetrics {
         for outcome in OUTCOMES {
             let _ = self.cold_starts.remove_label_values(&[name, outcome]);
         }
+        for path in START_PATHS {
+            let _ = self.replica_starts.remove_label_values(&[name, path]);
+        }
     }
 }
 
 /// Every value of the `outcome` label.
 pub const OUTCOMES: [&str; 3] = ["ready", "failed", "timeout"];
+
+/// Every value of the `path` label of `faas_replica_starts_total`.
+pub const START_PATHS: [&str; 3] = ["zygote", "direct", "fallback"];

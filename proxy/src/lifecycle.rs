@@ -56,6 +56,7 @@ impl Lifecycle {
 #[async_trait]
 impl BackgroundService for Lifecycle {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.runtime.set_metrics(self.metrics.clone());
         match self.runtime.restore().await {
             Ok(names) if !names.is_empty() => log::info!("restored {} function(s)", names.len()),
             Ok(_) => {}

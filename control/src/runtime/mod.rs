@@ -8,6 +8,7 @@ use async_trait::async_trait;
 
 use crate::function::{DeployRequest, FunctionDef};
 use crate::logbuf::Follow;
+use crate::metrics::ControlMetrics;
 use crate::{Error, Result};
 
 /// What the admin API, the reaper and the activator need from a runtime.
@@ -49,6 +50,9 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Stops every replica (process shutdown); functions stay stored.
     async fn shutdown(&self);
+
+    /// Hands the runtime the metrics it records into (replica starts by path); once, at start.
+    fn set_metrics(&self, _metrics: ControlMetrics) {}
 
     /// The function's zygote as the admin API shows it (local runtime), `None` where there is
     /// none.

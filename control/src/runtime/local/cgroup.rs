@@ -189,6 +189,14 @@ impl ReplicaCgroup {
         &self.procs
     }
 
+    /// Moves process `pid` into this cgroup (from outside: a replica forked by a zygote).
+    pub fn adopt(&self, pid: i32) -> std::io::Result<()> {
+        for d in &self.dirs {
+            fs::write(d.join("cgroup.procs"), pid.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Whether the kernel killed a process of this cgroup for going over its memory limit.
     pub fn oom_killed(&self) -> bool {
         self.dirs.iter().any(|d| {

@@ -2,16 +2,19 @@
 
 pub mod affinity;
 mod cgroup;
+mod forker;
 mod listen;
+mod packets;
 mod replica;
 pub mod sandbox;
 mod store;
 mod uv;
+mod zygote;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,14 +22,17 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::Mutex as AsyncMutex;
 
+use self::forker::Forker;
 use self::replica::{Replica, ReplicaCtx};
 use self::sandbox::Sandbox;
 use self::store::Store;
 use self::uv::PythonEnv;
+use self::zygote::ZygoteSpec;
 use super::Runtime;
 use crate::config::Config;
 use crate::function::{DeployRequest, FunctionDef};
 use crate::logbuf::{Follow, LogBuf};
+use crate::metrics::ControlMetrics;
 use crate::registry::{FnEntry, Registry};
 use crate::{Error, Result};
 
@@ -34,7 +40,8 @@ use crate::{Error, Result};
 const LOG_LINES: usize = 2000;
 
 /// Runs functions as sandboxed child processes: each replica runs its script environment's
-/// interpreter (prepared by `uv` at deploy) in a sandbox ([`sandbox`]).
+/// interpreter (prepared by `uv` at deploy) in a sandbox ([`sandbox`]), forked from a zygote
+/// of its function version where that works ([`zygote`]).
 #[derive(Clone)]
 pub struct LocalRuntime {
     inner: Arc<Inner>,
@@ -51,6 +58,14 @@ struct Inner {
     next_replica: AtomicU64,
     /// Set by `shutdown`: no replica starts after it.
     stopping: AtomicBool,
+    /// `FAAS_ZYGOTE`.
+    zygote: bool,
+    /// `FAAS_ZYGOTE_TTL`, or the function's idle timeout, or `REAPER_TIME_TO_LIVE`.
+    zygote_ttl: Option<Duration>,
+    idle_timeout: Duration,
+    /// The zygote side of each function's live version, for its status.
+    forkers: Mutex<HashMap<String, Arc<Forker>>>,
+    metrics: Arc<OnceLock<ControlMetrics>>,
 }
 
 /// A function's place in the runtime; `None` while it is being created or after deletion.
@@ -64,6 +79,7 @@ struct LocalFn {
     replicas: Vec<Replica>,
     logs: Arc<LogBuf>,
     entry: Arc<FnEntry>,
+    forker: Arc<Forker>,
 }
 
 // === impl LocalRuntime ===
@@ -96,6 +112,11 @@ impl LocalRuntime {
                 fns: Mutex::new(HashMap::new()),
                 next_replica: AtomicU64::new(1),
                 stopping: AtomicBool::new(false),
+                zygote: cfg.zygote,
+                zygote_ttl: cfg.zygote_ttl,
+                idle_timeout: cfg.reaper_time_to_live,
+                forkers: Mutex::new(HashMap::new()),
+                metrics: Arc::new(OnceLock::new()),
             }),
         })
     }
@@ -118,7 +139,48 @@ impl LocalRuntime {
             sandbox: self.inner.sandbox.clone(),
             store: self.inner.store.clone(),
             drain_timeout: self.inner.drain_timeout,
+            forker: f.forker.clone(),
         }
+    }
+
+    /// The zygote side of a version; its zygote starts at once with `start`.
+    fn forker(
+        &self,
+        def: &FunctionDef,
+        script: &std::path::Path,
+        python: &Arc<PythonEnv>,
+        logs: &Arc<LogBuf>,
+        start: bool,
+    ) -> Arc<Forker> {
+        let spec = ZygoteSpec {
+            name: def.spec.name.clone(),
+            version: def.spec.version,
+            script: script.to_path_buf(),
+            python: python.clone(),
+            env: Arc::new(def.env.clone()),
+            limits: def.spec.limits.clone(),
+            sandbox: self.inner.sandbox.clone(),
+            store: self.inner.store.clone(),
+            logs: logs.clone(),
+        };
+        let f = Forker::new(self.inner.zygote, spec, self.inner.metrics.clone(), start);
+        if def.spec.replicas == 0 && start {
+            f.at_zero(self.zygote_ttl(def));
+        }
+        self.inner
+            .forkers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(def.spec.name.clone(), f.clone());
+        f
+    }
+
+    /// How long a function's zygote stays while it is at zero.
+    fn zygote_ttl(&self, def: &FunctionDef) -> Duration {
+        self.inner
+            .zygote_ttl
+            .or(def.spec.idle_timeout())
+            .unwrap_or(self.inner.idle_timeout)
     }
 
     fn start_replicas(&self, ctx: &ReplicaCtx, n: u32) -> Vec<Replica> {
@@ -160,7 +222,37 @@ impl LocalRuntime {
 
     fn register(&self, def: FunctionDef, script: PathBuf, python: PythonEnv) -> LocalFn {
         let entry = self.inner.registry.insert(def.spec.clone());
-        LocalFn::new(def, script, python, entry, Arc::new(LogBuf::new(LOG_LINES)))
+        self.local_fn(
+            def,
+            script,
+            python,
+            entry,
+            Arc::new(LogBuf::new(LOG_LINES)),
+            true,
+        )
+    }
+
+    fn local_fn(
+        &self,
+        def: FunctionDef,
+        script: PathBuf,
+        python: PythonEnv,
+        entry: Arc<FnEntry>,
+        logs: Arc<LogBuf>,
+        start_zygote: bool,
+    ) -> LocalFn {
+        let python = Arc::new(python);
+        let forker = self.forker(&def, &script, &python, &logs, start_zygote);
+        LocalFn {
+            env: Arc::new(def.env.clone()),
+            python,
+            def,
+            script,
+            replicas: Vec::new(),
+            logs,
+            entry,
+            forker,
+        }
     }
 
     /// Prepares a version's environment with uv and records it beside the script.
@@ -174,24 +266,10 @@ impl LocalRuntime {
     }
 }
 
-impl LocalFn {
-    fn new(
-        def: FunctionDef,
-        script: PathBuf,
-        python: PythonEnv,
-        entry: Arc<FnEntry>,
-        logs: Arc<LogBuf>,
-    ) -> Self {
-        LocalFn {
-            env: Arc::new(def.env.clone()),
-            python: Arc::new(python),
-            def,
-            script,
-            replicas: Vec::new(),
-            logs,
-            entry,
-        }
-    }
+/// Stops a version: its replicas, then its zygote.
+async fn stop_version(replicas: Vec<Replica>, forker: Arc<Forker>) {
+    stop_all(replicas).await;
+    forker.stop().await;
 }
 
 async fn stop_all(replicas: Vec<Replica>) {
@@ -237,7 +315,15 @@ impl Runtime for LocalRuntime {
                     }
                 },
             };
-            let mut f = LocalFn::new(def, script, python, entry, Arc::new(LogBuf::new(LOG_LINES)));
+            // Functions at zero get their zygote back at their next activation.
+            let mut f = self.local_fn(
+                def,
+                script,
+                python,
+                entry,
+                Arc::new(LogBuf::new(LOG_LINES)),
+                replicas > 0,
+            );
             let ctx = self.ctx(&f);
             f.replicas = self.start_replicas(&ctx, replicas);
             if replicas > 0 {
@@ -283,7 +369,7 @@ impl Runtime for LocalRuntime {
                 Ok(())
             }
             Ok((f, Err(e))) => {
-                stop_all(f.replicas).await;
+                stop_version(f.replicas, f.forker).await;
                 self.inner.registry.remove(&name);
                 self.forget(&name)?;
                 Err(e)
@@ -315,14 +401,15 @@ impl Runtime for LocalRuntime {
                 return Err(e);
             }
         };
-        let mut next = LocalFn::new(def, script, python, f.entry.clone(), f.logs.clone());
+        let mut next = self.local_fn(def, script, python, f.entry.clone(), f.logs.clone(), true);
         let ctx = self.ctx(&next);
         // Keep at least the serving capacity of the old version while switching.
         let n = next.def.spec.replicas;
         next.replicas = self.start_replicas(&ctx, n);
         let ids: Vec<u64> = next.replicas.iter().map(|r| r.id).collect();
         if let Err(e) = self.wait_ready(&next.entry, &ids, &next.logs).await {
-            stop_all(next.replicas).await;
+            self.keep_forker(&name, &f.forker);
+            stop_version(next.replicas, next.forker).await;
             self.inner
                 .store
                 .remove_version(&name, next.def.spec.version);
@@ -330,7 +417,8 @@ impl Runtime for LocalRuntime {
             return Err(e);
         }
         if let Err(e) = self.inner.store.commit(&next.def.spec) {
-            stop_all(next.replicas).await;
+            self.keep_forker(&name, &f.forker);
+            stop_version(next.replicas, next.forker).await;
             self.inner
                 .store
                 .remove_version(&name, next.def.spec.version);
@@ -338,7 +426,7 @@ impl Runtime for LocalRuntime {
         }
         next.entry.set_spec(next.def.spec.clone());
         let old = std::mem::replace(f, next);
-        stop_all(old.replicas).await;
+        stop_version(old.replicas, old.forker).await;
         self.inner.store.remove_version(&name, old_version);
         Ok(())
     }
@@ -359,7 +447,7 @@ impl Runtime for LocalRuntime {
             .take()
             .ok_or_else(|| Error::NotFound(name.to_string()))?;
         self.inner.registry.remove(name);
-        stop_all(f.replicas).await;
+        stop_version(f.replicas, f.forker).await;
         self.forget(name)
     }
 
@@ -377,6 +465,11 @@ impl Runtime for LocalRuntime {
         self.inner.store.commit(&spec)?;
         f.entry.set_spec(spec.clone());
         f.def.spec = spec;
+        if replicas == 0 {
+            f.forker.at_zero(self.zygote_ttl(&f.def));
+        } else {
+            f.forker.busy();
+        }
         // A supervisor that gave up (no port, no process) is replaced.
         f.replicas.retain(|r| r.alive());
         let have = f.replicas.len() as u32;
@@ -417,17 +510,45 @@ impl Runtime for LocalRuntime {
             fns.values().cloned().collect()
         };
         let mut all = Vec::new();
+        let mut forkers = Vec::new();
         for slot in slots {
             if let Some(f) = slot.lock().await.as_mut() {
                 all.append(&mut f.replicas);
+                forkers.push(f.forker.clone());
             }
         }
         stop_all(all).await;
+        for f in forkers {
+            f.stop().await;
+        }
+    }
+
+    fn set_metrics(&self, metrics: ControlMetrics) {
+        let _ = self.inner.metrics.set(metrics);
+    }
+
+    fn zygote_status(&self, name: &str) -> Option<serde_json::Value> {
+        let forkers = self.inner.forkers.lock().unwrap_or_else(|p| p.into_inner());
+        forkers.get(name).map(|f| f.status())
     }
 }
 
 impl LocalRuntime {
+    /// Makes `forker` the one a function's status shows again (a failed update's is dropped).
+    fn keep_forker(&self, name: &str, forker: &Arc<Forker>) {
+        self.inner
+            .forkers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), forker.clone());
+    }
+
     fn forget(&self, name: &str) -> Result<()> {
+        self.inner
+            .forkers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         self.inner
             .fns
             .lock()

@@ -1,6 +1,8 @@
-//! One replica of a local function: its interpreter in a sandbox, in a session and process
-//! group of its own, supervised — published as an endpoint once its port accepts connections,
-//! restarted with backoff when it crashes, drained and stopped (whole group) when asked.
+//! One replica of a local function: forked from its version's zygote ([`super::zygote`]) or its
+//! interpreter started in a sandbox, in a session and process group of its own, supervised —
+//! published as an endpoint once its port accepts connections, restarted with backoff when it
+//! crashes, drained and stopped (whole group) when asked. A replica whose fork fails, or whose
+//! forked process exits before it is ready, starts again at once the direct way.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -17,10 +19,13 @@ use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::forker::{Forker, StartPath};
 use super::listen::listening_ports;
+use super::packets::Packets;
 use super::sandbox::{Confinement, Launch, Sandbox};
 use super::store::Store;
 use super::uv::PythonEnv;
+use super::zygote::{listening, ForkRequest, Forked, Zygote};
 use crate::function::Limits;
 use crate::logbuf::LogBuf;
 use crate::registry::{Endpoint, FnEntry};
@@ -37,6 +42,13 @@ pub(super) struct ReplicaCtx {
     pub sandbox: Arc<Sandbox>,
     pub store: Store,
     pub drain_timeout: Duration,
+    pub forker: Arc<Forker>,
+}
+
+/// A replica's process: a child of ours, or one its zygote forked.
+enum Proc {
+    Spawned(Child),
+    Forked(Forked),
 }
 
 /// A running replica and the handle to stop it. Dropping it stops it too (without waiting), so
@@ -90,6 +102,8 @@ impl Drop for Replica {
 async fn supervise(ctx: ReplicaCtx, id: u64, mut stop: watch::Receiver<bool>) {
     let mut backoff = BACKOFF_MIN;
     let tag = format!("[r{id}]");
+    // After a forked process failed before it was ready: the next start is direct.
+    let mut fell_back = false;
     loop {
         let port = match free_port() {
             Ok(p) => p,
@@ -99,22 +113,25 @@ async fn supervise(ctx: ReplicaCtx, id: u64, mut stop: watch::Receiver<bool>) {
                 return;
             }
         };
-        let (mut child, pumps, confinement) = match spawn(&ctx, id, port, &tag) {
-            Ok(c) => c,
-            Err(e) => {
-                let why = format!("could not start `{}`: {e}", ctx.python.python.display());
-                ctx.logs.push(format!("{tag} {why}"));
-                ctx.entry.publish_failure(why);
-                return;
-            }
-        };
-        let pgid = child.id().map(|p| p as i32).unwrap_or(0);
-        ctx.store.record_pid(pgid);
         let started = Instant::now();
+        let (mut child, pumps, confinement, path) =
+            match start(&ctx, id, port, &tag, fell_back).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let why = format!("could not start `{}`: {e}", ctx.python.python.display());
+                    ctx.logs.push(format!("{tag} {why}"));
+                    ctx.entry.publish_failure(why);
+                    return;
+                }
+            };
+        ctx.forker.count(path);
+        let pgid = child.pgid();
+        ctx.store.record_pid(pgid);
+        let chan = child.take_chan();
 
         // Phase 1: until ready, exit, or stop.
         let outcome = tokio::select! {
-            addr = wait_ready(pgid, port) => Ok(addr),
+            addr = wait_ready(pgid, port, chan.as_ref()) => Ok(addr),
             status = child.wait() => Err(status),
             _ = stopped(&mut stop) => {
                 terminate(&mut child, pgid).await;
@@ -126,9 +143,10 @@ async fn supervise(ctx: ReplicaCtx, id: u64, mut stop: watch::Receiver<bool>) {
         let status = match outcome {
             Ok(addr) => {
                 log::info!(
-                    "{}: replica r{id} ready on {addr} after {:?}",
+                    "{}: replica r{id} ready on {addr} after {:?} ({})",
                     ctx.entry.name,
-                    started.elapsed()
+                    started.elapsed(),
+                    path.as_str()
                 );
                 let ep = Arc::new(Endpoint {
                     addr,
@@ -151,6 +169,24 @@ async fn supervise(ctx: ReplicaCtx, id: u64, mut stop: watch::Receiver<bool>) {
                         return;
                     }
                 }
+            }
+            Err(status) if path == StartPath::Zygote && !confinement.oom_killed() => {
+                // The script's module code may not run in a fork: start it the direct way, at
+                // once; if it fails there too, that failure is the one reported.
+                for p in pumps {
+                    let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
+                }
+                ctx.forker.turn_off(format!(
+                    "a forked replica exited ({}) before it was ready",
+                    status.as_ref().map(|s| s.to_string()).unwrap_or_default()
+                ));
+                if pgid > 0 {
+                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                }
+                ctx.store.forget_pid(pgid);
+                confinement.release().await;
+                fell_back = true;
+                continue;
             }
             Err(status) => {
                 // Let the last lines reach the log before quoting them.
@@ -211,6 +247,88 @@ fn over_memory(ctx: &ReplicaCtx) -> String {
     format!("was killed: it went over its memory limit of {limit}")
 }
 
+type Started = (Proc, Vec<JoinHandle<()>>, Confinement, StartPath);
+
+/// Starts the replica's process: forked from the zygote when one is warm (and the last forked
+/// attempt did not fail), else directly in its sandbox. Also returns the tasks copying its
+/// output into the log, what it holds until it is gone, and how it started.
+async fn start(
+    ctx: &ReplicaCtx,
+    id: u64,
+    port: u16,
+    tag: &str,
+    fell_back: bool,
+) -> std::io::Result<Started> {
+    let mut path = if fell_back {
+        StartPath::Fallback
+    } else {
+        StartPath::Direct
+    };
+    if !fell_back {
+        if let Some(z) = ctx.forker.warm() {
+            match fork(ctx, &z, id, port, tag).await {
+                Ok((proc, pumps, confinement)) => {
+                    return Ok((proc, pumps, confinement, StartPath::Zygote))
+                }
+                Err(why) => {
+                    log::warn!(
+                        "{}: replica r{id} could not be forked ({why}); starting it directly",
+                        ctx.entry.name
+                    );
+                    path = StartPath::Fallback;
+                }
+            }
+        }
+    }
+    let (child, pumps, confinement) = spawn(ctx, id, port, tag)?;
+    Ok((Proc::Spawned(child), pumps, confinement, path))
+}
+
+/// Forks the replica from the zygote and places it in its own cgroup.
+async fn fork(
+    ctx: &ReplicaCtx,
+    z: &Zygote,
+    id: u64,
+    port: u16,
+    tag: &str,
+) -> Result<(Proc, Vec<JoinHandle<()>>, Confinement), String> {
+    let replica = format!("{}-r{id}", ctx.entry.name);
+    let workdir = z.workdir().join(format!("r{id}"));
+    let confinement = ctx
+        .sandbox
+        .confine_fork(&replica, &ctx.limits, workdir)
+        .map_err(|e| format!("confining it: {e}"))?;
+    let req = ForkRequest {
+        id,
+        port,
+        workdir: confinement.workdir(),
+    };
+    let mut forked = match z.fork(req).await {
+        Ok(f) => f,
+        Err(why) => {
+            confinement.release().await;
+            return Err(why);
+        }
+    };
+    let placed = match confinement.adopt(forked.pid) {
+        Ok(()) => forked.go().await.map_err(|e| format!("starting it: {e}")),
+        Err(e) => Err(format!("moving it into its cgroup: {e}")),
+    };
+    if let Err(why) = placed {
+        let _ = killpg(Pid::from_raw(forked.pid), Signal::SIGKILL);
+        let _ = tokio::time::timeout(TERM_GRACE, forked.wait()).await;
+        confinement.release().await;
+        return Err(why);
+    }
+    let pumps = forked
+        .output
+        .take()
+        .map(|out| tokio::spawn(pump(out, ctx.logs.clone(), tag.to_string())))
+        .into_iter()
+        .collect();
+    Ok((Proc::Forked(forked), pumps, confinement))
+}
+
 /// Starts the child in its sandbox; also returns the tasks copying its output into the log
 /// and what it holds until it is gone.
 fn spawn(
@@ -225,7 +343,8 @@ fn spawn(
         script: &ctx.script,
         python: &ctx.python,
         vars: &ctx.env,
-        port,
+        port: Some(port),
+        code: None,
         limits: &ctx.limits,
     };
     let (mut cmd, confinement) = ctx.sandbox.command(&launch)?;
@@ -250,7 +369,8 @@ fn spawn(
     Ok((child, pumps, confinement))
 }
 
-async fn pump(out: impl AsyncRead + Unpin, logs: Arc<LogBuf>, tag: String) {
+/// Copies output lines into the function's log, tagged.
+pub(super) async fn pump(out: impl AsyncRead + Unpin, logs: Arc<LogBuf>, tag: String) {
     let mut lines = BufReader::new(out).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         logs.push(format!("{tag} {line}"));
@@ -258,8 +378,28 @@ async fn pump(out: impl AsyncRead + Unpin, logs: Arc<LogBuf>, tag: String) {
 }
 
 /// Waits until the replica listens: on `$PORT`, or — for scripts that ignore it — on whatever
-/// port its process group has opened.
-async fn wait_ready(pgid: i32, port: u16) -> SocketAddr {
+/// port its process group has opened. A forked replica also says which port it listens on.
+async fn wait_ready(pgid: i32, port: u16, chan: Option<&Packets>) -> SocketAddr {
+    let told = async {
+        match chan {
+            Some(c) => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], listening(c).await));
+                // Its word, checked.
+                match TcpStream::connect(addr).await {
+                    Ok(_) => addr,
+                    Err(_) => std::future::pending().await,
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        addr = told => addr,
+        addr = poll_ready(pgid, port) => addr,
+    }
+}
+
+async fn poll_ready(pgid: i32, port: u16) -> SocketAddr {
     let assigned = SocketAddr::from(([127, 0, 0, 1], port));
     let mut round = 0u32;
     loop {
@@ -315,7 +455,7 @@ async fn drain(ep: &Endpoint, timeout: Duration) {
 }
 
 /// SIGTERM to the whole group, then SIGKILL after a grace.
-async fn terminate(child: &mut Child, pgid: i32) {
+async fn terminate(child: &mut Proc, pgid: i32) {
     if pgid > 0 {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
     }
@@ -323,11 +463,51 @@ async fn terminate(child: &mut Child, pgid: i32) {
         .await
         .is_err()
     {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        child.kill(pgid);
+        let _ = tokio::time::timeout(TERM_GRACE, child.wait()).await;
     }
     if pgid > 0 {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+}
+
+// === impl Proc ===
+
+impl Proc {
+    /// Its process group (its pid: it leads a session of its own).
+    fn pgid(&self) -> i32 {
+        match self {
+            Proc::Spawned(c) => c.id().map(|p| p as i32).unwrap_or(0),
+            Proc::Forked(f) => f.pid,
+        }
+    }
+
+    /// A forked replica's socket, on which it says when it listens.
+    fn take_chan(&mut self) -> Option<Packets> {
+        match self {
+            Proc::Spawned(_) => None,
+            Proc::Forked(f) => f.chan.take(),
+        }
+    }
+
+    /// Waits until it ends.
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            Proc::Spawned(c) => c.wait().await,
+            Proc::Forked(f) => Ok(f.wait().await),
+        }
+    }
+
+    fn kill(&mut self, pgid: i32) {
+        match self {
+            Proc::Spawned(c) => {
+                let _ = c.start_kill();
+            }
+            Proc::Forked(_) if pgid > 0 => {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+            Proc::Forked(_) => {}
+        }
     }
 }
 

@@ -55,8 +55,11 @@ pub struct Launch<'a> {
     pub python: &'a PythonEnv,
     /// Its dot file's entries.
     pub vars: &'a [(String, String)],
-    /// `$PORT`.
-    pub port: u16,
+    /// `$PORT` (none for a zygote: its children get theirs).
+    pub port: Option<u16>,
+    /// Python source run with `-c`, the script's path as its argument (a zygote); `None` runs
+    /// the script.
+    pub code: Option<&'a str>,
     /// Its own limits (unset ones take the defaults).
     pub limits: &'a Limits,
 }
@@ -210,20 +213,7 @@ impl Sandbox {
     pub fn command(&self, launch: &Launch<'_>) -> std::io::Result<(Command, Confinement)> {
         let workdir = self.run_dir.join(launch.replica);
         std::fs::create_dir_all(&workdir)?;
-        let limits = CgroupLimits {
-            memory_bytes: launch
-                .limits
-                .memory_bytes
-                .unwrap_or(self.settings.memory_bytes),
-            max_processes: launch
-                .limits
-                .max_processes
-                .unwrap_or(self.settings.max_processes),
-        };
-        let cgroup = match &self.cgroups {
-            Some(c) => Some(c.create(launch.replica, limits)?),
-            None => None,
-        };
+        let cgroup = self.cgroup(launch.replica, launch.limits)?;
         let mut cmd = if self.settings.enabled {
             let mut c = Command::new(&self.settings.bwrap);
             c.args(self.bwrap_args(launch, &workdir));
@@ -232,6 +222,9 @@ impl Sandbox {
         } else {
             Command::new(&launch.python.python)
         };
+        if let Some(code) = launch.code {
+            cmd.arg("-c").arg(code);
+        }
         cmd.arg(launch.script);
         cmd.env_clear()
             .env("PATH", path_var(launch.python))
@@ -240,9 +233,11 @@ impl Sandbox {
             .env("TMPDIR", "/tmp")
             .env("VIRTUAL_ENV", &launch.python.venv)
             .envs(launch.vars.iter().map(|(k, v)| (k, v)))
-            .env("PORT", launch.port.to_string())
             .env("PYTHONUNBUFFERED", "1")
             .current_dir(&workdir);
+        if let Some(port) = launch.port {
+            cmd.env("PORT", port.to_string());
+        }
         // Never above the hard limit `faas` has: raising it needs a privilege.
         let hard = nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE)
             .map(|(_, hard)| hard)
@@ -259,6 +254,31 @@ impl Sandbox {
         in_child(&mut cmd, procs, open_files);
         super::affinity::unpinned(&mut cmd);
         Ok((cmd, Confinement { cgroup, workdir }))
+    }
+
+    /// The confinement of a replica forked by a zygote (which is sandboxed already): a cgroup
+    /// of its own, which it joins with [`Confinement::adopt`], and its working directory
+    /// `workdir` (inside the zygote's).
+    pub fn confine_fork(
+        &self,
+        replica: &str,
+        limits: &Limits,
+        workdir: PathBuf,
+    ) -> std::io::Result<Confinement> {
+        std::fs::create_dir_all(&workdir)?;
+        let cgroup = self.cgroup(replica, limits)?;
+        Ok(Confinement { cgroup, workdir })
+    }
+
+    fn cgroup(&self, replica: &str, limits: &Limits) -> std::io::Result<Option<ReplicaCgroup>> {
+        let limits = CgroupLimits {
+            memory_bytes: limits.memory_bytes.unwrap_or(self.settings.memory_bytes),
+            max_processes: limits.max_processes.unwrap_or(self.settings.max_processes),
+        };
+        match &self.cgroups {
+            Some(c) => c.create(replica, limits).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
@@ -301,6 +321,20 @@ impl Confinement {
     /// Whether the replica was killed for going over its memory limit.
     pub fn oom_killed(&self) -> bool {
         self.cgroup.as_ref().is_some_and(ReplicaCgroup::oom_killed)
+    }
+
+    /// Its working directory.
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+
+    /// Moves process `pid` (a forked replica, before it runs the function's code) into the
+    /// cgroup.
+    pub fn adopt(&self, pid: i32) -> std::io::Result<()> {
+        match &self.cgroup {
+            Some(c) => c.adopt(pid),
+            None => Ok(()),
+        }
     }
 
     /// Removes the cgroup and the working directory; call once its processes are gone.
@@ -346,7 +380,8 @@ mod tests {
             script: Path::new("/srv/faas/functions/hello/v1/main.py"),
             python: &env,
             vars: &[],
-            port: 9000,
+            port: Some(9000),
+            code: None,
             limits: &limits,
         };
         let args: Vec<String> = sandbox(state)
