@@ -57,6 +57,17 @@ pub fn b64_wrapped(text: &str) -> String {
         .join("\n")
 }
 
+/// Lets this process open as many sockets as its hard limit allows (a burst of a thousand
+/// concurrent clients needs more than the usual soft limit of 1024).
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -123,7 +134,8 @@ impl Faas {
             .env("FAAS_RUNTIME", "local")
             .env("FAAS_STATE_DIR", &self.state)
             .env("FAAS_UV", uv())
-            .env("FAAS_BWRAP", tool("bwrap"))
+            // bubblewrap as `./dev run` finds it: on PATH (.venv/bin first).
+            .env("PATH", tools_path())
             .env("LOG_LEVEL", "info")
             // Tests poll the admin API; the original's 10 per minute is tested on its own.
             .env("FAAS_ADMIN_RATE_LIMIT", "0")
@@ -385,6 +397,13 @@ impl Faas {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `PATH` with the project's `.venv/bin` first, as `./dev` sets it.
+pub fn tools_path() -> std::ffi::OsString {
+    let mut dirs = vec![repo().join(".venv/bin")];
+    dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    std::env::join_paths(dirs).unwrap_or_default()
 }
 
 /// A tool installed by `./dev setup` into `.venv/bin` (or found on `PATH`).

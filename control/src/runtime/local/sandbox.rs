@@ -76,7 +76,9 @@ pub struct Confinement {
 impl Sandbox {
     /// Checks that the sandbox can run here (unless it is turned off) and finds the cgroups.
     pub fn new(cfg: &Config) -> Result<Self> {
-        let settings = cfg.sandbox.clone();
+        let mut settings = cfg.sandbox.clone();
+        // Replicas get a minimal PATH of their own: find bubblewrap in ours, once.
+        settings.bwrap = resolve(&settings.bwrap);
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let mut hidden: Vec<PathBuf> = ["/tmp", "/var/tmp", "/home", "/root"]
             .iter()
@@ -280,6 +282,20 @@ impl Sandbox {
             None => Ok(None),
         }
     }
+}
+
+/// `program` as an absolute path, looked up in `faas`'s own `PATH` when it has no `/`.
+fn resolve(program: &str) -> String {
+    if program.contains('/') {
+        return program.to_string();
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| program.to_string())
 }
 
 /// `PATH` inside: the environment's scripts first, then the system's.
