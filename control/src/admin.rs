@@ -71,6 +71,9 @@ pub struct ScaleBody {
     pub replicas: u32,
 }
 
+/// The most lines `logs?tail=` asks for (a function keeps fewer).
+pub const MAX_TAIL: usize = 100_000;
+
 /// Chunks a streamed answer may be ahead of a slow client.
 const STREAM_BACKLOG: usize = 64;
 
@@ -333,7 +336,7 @@ impl Admin {
                 .registry
                 .get(name)
                 .ok_or_else(|| Error::NotFound(name.to_string()))?;
-            let want: ScaleBody = serde_json::from_slice(body).map_err(|e| {
+            let want: ScaleBody = json_object(body).map_err(|e| {
                 Error::BadRequest(format!("the body must be {{\"replicas\": <number>}}: {e}"))
             })?;
             let mut spec = (*entry.spec()).clone();
@@ -360,9 +363,10 @@ impl Admin {
         let tail = match query_param(query, "tail") {
             None => 100,
             Some(v) => match v.parse::<usize>() {
-                Ok(n) => n,
-                Err(_) => {
-                    return AdminResponse::error(op, 400, "tail must be a whole number of lines")
+                Ok(n) if n <= MAX_TAIL => n,
+                _ => {
+                    let msg = format!("tail must be a whole number of lines up to {MAX_TAIL}");
+                    return AdminResponse::error(op, 400, &msg);
                 }
             },
         };
@@ -464,6 +468,15 @@ fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == key).then_some(v)
     })
+}
+
+/// Parses a JSON object into `T` (serde alone would also read a struct from an array).
+fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if !v.is_object() {
+        return Err("it is not a JSON object".into());
+    }
+    serde_json::from_value(v).map_err(|e| e.to_string())
 }
 
 /// Whether the client asked for a streamed (NDJSON) answer.

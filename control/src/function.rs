@@ -216,20 +216,28 @@ impl DeployRequest {
     /// (`"$(base64 main.py)"`) carries raw line breaks, which JSON forbids inside strings; line
     /// breaks carry no meaning anywhere in this body, so such a body is read without them.
     pub fn from_json(body: &[u8]) -> Result<Self> {
-        serde_json::from_slice(body).or_else(|e| {
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::BadRequest(format!("the body is not the JSON we expect: {e}"))
+        };
+        let value: serde_json::Value = serde_json::from_slice(body).or_else(|e| {
             if !body.iter().any(|b| *b == b'\n' || *b == b'\r') {
-                return Err(Error::BadRequest(format!(
-                    "the body is not the JSON we expect: {e}"
-                )));
+                return Err(bad(&e));
             }
             let flat: Vec<u8> = body
                 .iter()
                 .copied()
                 .filter(|b| *b != b'\n' && *b != b'\r')
                 .collect();
-            serde_json::from_slice(&flat)
-                .map_err(|e| Error::BadRequest(format!("the body is not the JSON we expect: {e}")))
-        })
+            serde_json::from_slice(&flat).map_err(|e| bad(&e))
+        })?;
+        // serde reads a struct from a JSON array too (`[null, null]`): only objects are ours.
+        let object = |v: Option<&serde_json::Value>| v.is_none_or(serde_json::Value::is_object);
+        if !value.is_object() || !object(value.get("option")) {
+            return Err(bad(
+                &"the body must be an object {\"script\": \"<base64>\", \"dot_file\": \"<base64>\", \"option\": {...}}",
+            ));
+        }
+        serde_json::from_value(value).map_err(|e| bad(&e))
     }
 
     /// Builds a new function from this request; `name` is generated when the option has none.
@@ -483,6 +491,21 @@ mod tests {
     fn bad_base64_names_the_field() {
         let e = decode_field("dot_file", "!!!").unwrap_err().to_string();
         assert!(e.contains("dot_file"), "{e}");
+    }
+
+    #[test]
+    fn only_an_object_is_a_request() {
+        for body in [
+            &b"[null, null]"[..],
+            b"null",
+            b"\"x\"",
+            b" [\"c2NyaXB0\"]",
+            b"{\"option\": [null, null]}",
+        ] {
+            let e = DeployRequest::from_json(body).unwrap_err();
+            assert!(e.to_string().contains("must be an object"), "{e}");
+        }
+        assert!(DeployRequest::from_json(b" {}").is_ok());
     }
 
     #[test]

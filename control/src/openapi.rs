@@ -40,11 +40,25 @@ pub struct ApiDoc;
 /// The document as JSON, built once.
 pub fn document() -> &'static str {
     static DOC: LazyLock<String> = LazyLock::new(|| {
-        ApiDoc::openapi()
-            .to_pretty_json()
-            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        fix_links(&mut doc);
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
     });
     &DOC
+}
+
+/// utoipa 5 writes a link's `operationId` as `operation_id`; OpenAPI knows only the former.
+fn fix_links(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if let Some(id) = map.remove("operation_id") {
+                map.insert("operationId".into(), id);
+            }
+            map.values_mut().for_each(fix_links);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(fix_links),
+        _ => {}
+    }
 }
 
 struct BearerToken;
@@ -131,7 +145,13 @@ fn deploy() {}
 #[utoipa::path(
     get, path = "/admin/functions", tag = "functions", operation_id = "list",
     responses(
-        (status = 200, description = "Every function", body = FunctionList),
+        (status = 200, description = "Every function", body = FunctionList, links(
+            ("get" = (operation_id = "get", parameters(("name" = "$response.body#/functions/0/name")))),
+            ("update" = (operation_id = "update", parameters(("name" = "$response.body#/functions/0/name")))),
+            ("scale" = (operation_id = "scale", parameters(("name" = "$response.body#/functions/0/name")))),
+            ("logs" = (operation_id = "logs", parameters(("name" = "$response.body#/functions/0/name")))),
+            ("delete" = (operation_id = "delete", parameters(("name" = "$response.body#/functions/0/name")))),
+        )),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 429, description = "Over FAAS_ADMIN_RATE_LIMIT", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds"))),
     )
@@ -212,12 +232,12 @@ fn scale() {}
     get, path = "/admin/functions/{name}/logs", tag = "functions", operation_id = "logs",
     params(
         ("name" = String, Path, description = "The function's name"),
-        ("tail" = Option<u64>, Query, minimum = 0, description = "How many recent lines (default 100)"),
+        ("tail" = Option<u32>, Query, minimum = 0, maximum = 100000, description = "How many recent lines (default 100)"),
         ("follow" = Option<bool>, Query, description = "Go on with new lines as they come"),
     ),
     responses(
         (status = 200, description = "The lines", body = String, content_type = "text/plain"),
-        (status = 400, description = "`tail` is not a whole number, or `follow` not a boolean", body = ErrorBody),
+        (status = 400, description = "`tail` is not a whole number up to 100000, or `follow` not a boolean", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such function", body = ErrorBody),
         (status = 429, description = "Over FAAS_ADMIN_RATE_LIMIT", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds"))),
@@ -262,5 +282,7 @@ mod tests {
         let options = &doc["components"]["schemas"]["Options"];
         assert_eq!(options["additionalProperties"], false);
         assert_eq!(options["properties"]["max_replicas"]["minimum"], 1);
+        let link = &doc["paths"]["/admin/functions"]["get"]["responses"]["200"]["links"]["get"];
+        assert_eq!(link["operationId"], "get");
     }
 }
