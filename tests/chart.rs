@@ -47,6 +47,7 @@ fn rendered_manifests_pass_kubernetes_validate_strict() {
         "secret",
         "service",
         "deployment",
+        "poddisruptionbudget",
     ];
     for (options, extra_kinds) in [
         (&[][..], &[][..]),
@@ -124,6 +125,58 @@ fn the_chart_has_the_objects_of_the_original() {
         env("FAAS_ADMIN_TOKEN")["valueFrom"]["secretKeyRef"]["name"],
         "faas-gateway-admin"
     );
+}
+
+#[test]
+fn replicas_spread_with_a_disruption_budget_and_a_lease_to_elect_a_leader() {
+    let docs = render_chart(&[]);
+    let dep = find(&docs, "Deployment", "faas-gateway");
+    assert_eq!(dep["spec"]["replicas"], 2);
+    let pod = &dep["spec"]["template"]["spec"];
+    let spread = &pod["topologySpreadConstraints"][0];
+    assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        spread["labelSelector"]["matchLabels"],
+        dep["spec"]["selector"]["matchLabels"]
+    );
+    let pdb = find(&docs, "PodDisruptionBudget", "faas-gateway");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        dep["spec"]["selector"]["matchLabels"]
+    );
+    let env = pod["containers"][0]["env"].as_sequence().unwrap();
+    let var = |n: &str| env.iter().find(|e| e["name"] == n).cloned().unwrap();
+    assert_eq!(
+        var("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(
+        var("K8S_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    assert_eq!(var("GATEWAY_SERVICE_NAME")["value"], "faas-gateway");
+    assert_eq!(var("FAAS_LEADER_LEASE_DURATION")["value"], "15s");
+    // The Lease verbs, and nothing more on leases.
+    let role = find(&docs, "Role", "faas-gateway-role");
+    let lease_rules: Vec<&Value> = role["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|r| r["apiGroups"][0] == "coordination.k8s.io")
+        .collect();
+    assert_eq!(lease_rules.len(), 1);
+    assert_eq!(lease_rules[0]["resources"][0], "leases");
+    let verbs: Vec<&str> = lease_rules[0]["verbs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(verbs, ["get", "create", "patch"]);
+    // One replica: no budget that would block every drain.
+    let one = render_chart(&["--set", "replicaCount=1"]);
+    assert!(!one.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
 }
 
 #[test]

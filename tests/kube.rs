@@ -1,7 +1,12 @@
-//! The Kubernetes runtime against a Kubernetes API emulator (PyPI `kmock`, extended in
-//! `tests/kube/emulator.py`), which also plays the endpoints controller: for a Deployment scaled
-//! above zero it runs the function's script as a local process and publishes an EndpointSlice.
+//! The Kubernetes runtime against a real kube-apiserver (v1.20.2 with etcd and RBAC, built from
+//! Debian's packages: `tests/kube/cluster.py`, [`cluster`]) and, for what a real server cannot
+//! be made to do on demand (cut every watch at once) and pod logs (there is no kubelet), against
+//! a Kubernetes API emulator (PyPI `kmock`, extended in `tests/kube/emulator.py`). Both play the
+//! kubelet and the endpoints controller: for a Deployment scaled above zero the function's
+//! script runs as a local process, published as an EndpointSlice.
 
+#[path = "kube/cluster.rs"]
+mod cluster;
 mod harness;
 mod pss;
 
@@ -11,8 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use cluster::Cluster;
 use harness::{repo, script, tool, Faas};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The user agent of the test's own requests to the emulator.
 const HARNESS_AGENT: &str = "poorman-e2e-harness";
@@ -452,4 +458,409 @@ fn permissions_granted() -> std::collections::BTreeSet<Permission> {
         }
     }
     out
+}
+
+// === against a real API server ===
+
+/// The admin token both gateways of a test share (the leader asks its peers with it).
+const TOKEN: &str = "kube-test-token";
+
+/// A gateway on the real API server, as the chart's ServiceAccount.
+async fn gateway_on(k: &Cluster, pod: &str, extra: &[(&str, &str)]) -> Faas {
+    let kubeconfig = k.gateway_kubeconfig().to_string_lossy().into_owned();
+    let mut env = vec![
+        ("FAAS_RUNTIME", "kubernetes"),
+        ("KUBECONFIG", kubeconfig.as_str()),
+        ("K8S_NAMESPACE", "faas"),
+        ("POD_NAME", pod),
+        ("FAAS_ADMIN_TOKEN", TOKEN),
+        ("REAPER_POLL_EVERY", "250ms"),
+        ("REAPER_TIME_TO_LIVE", "3s"),
+        ("FAAS_DEPLOY_TIMEOUT", "90s"),
+        ("FAAS_ACTIVATION_TIMEOUT", "90s"),
+    ];
+    env.extend_from_slice(extra);
+    Faas::start_with(&env).await
+}
+
+/// The gateway's own Service, as the chart makes it: not labelled as a function's.
+async fn gateway_service(k: &Cluster) -> Value {
+    k.apply(
+        "/api/v1/namespaces/faas/services/faas-gateway",
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "faas-gateway", "namespace": "faas",
+                         "labels": {"app.kubernetes.io/name": "faas-gateway"}},
+            "spec": {"type": "ClusterIP",
+                     "selector": {"app.kubernetes.io/name": "faas-gateway"},
+                     "ports": [{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]},
+        }),
+    )
+    .await
+}
+
+/// Plays the endpoints controller for the gateway's Service: a ready gateway replica on `port`
+/// (one slice per port, as the endpoints controller groups addresses).
+async fn publish_gateway(k: &Cluster, replica: &str, port: u16) {
+    k.apply(
+        &format!("/apis/discovery.k8s.io/v1/namespaces/faas/endpointslices/faas-gateway-{replica}"),
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("faas-gateway-{replica}"), "namespace": "faas",
+                         "labels": {"kubernetes.io/service-name": "faas-gateway"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        }),
+    )
+    .await;
+}
+
+const OBJECTS: [&str; 4] = [
+    "/api/v1/namespaces/faas/configmaps/configmap-",
+    "/api/v1/namespaces/faas/secrets/secret-",
+    "/api/v1/namespaces/faas/services/",
+    "/apis/apps/v1/namespaces/faas/deployments/deployment-",
+];
+
+#[tokio::test]
+async fn on_a_real_api_server_deploy_scale_rediscover_delete_and_touch_only_our_objects() {
+    let k = Cluster::start();
+    let svc_before = gateway_service(&k).await;
+    // An object of the same namespace that is not ours.
+    k.apply(
+        "/api/v1/namespaces/faas/configmaps/configmap-theirs",
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "configmap-theirs", "namespace": "faas"},
+               "data": {"owner": "someone else"}}),
+    )
+    .await;
+    let mut faas = gateway_on(&k, "gw-0", &[]).await;
+    let tool_py = script("tests/functions/tool.py");
+
+    // Deploy: four objects, ours by label, applied server-side by our field manager.
+    let (s, r) = faas
+        .deploy("kfn", &tool_py, "VERSION=\"on kubernetes\"\n", 1)
+        .await;
+    assert_eq!(s, 200, "{r}\n{}\n{}", faas.log_text(), k.log());
+    for prefix in OBJECTS {
+        let (s, obj) = k.get(&format!("{prefix}kfn")).await;
+        assert_eq!(s, 200, "{prefix}kfn");
+        let labels = &obj["metadata"]["labels"];
+        assert_eq!(labels["poorman-faas.io/managed"], "true");
+        assert_eq!(labels["poorman-faas.io/service-id"], "kfn");
+        let managers = obj["metadata"]["managedFields"].as_array().unwrap();
+        assert!(
+            managers
+                .iter()
+                .any(|m| m["manager"] == "poorman-faas" && m["operation"] == "Apply"),
+            "{prefix}kfn not applied by poorman-faas: {managers:?}"
+        );
+    }
+    let (_, cm) = k
+        .get("/api/v1/namespaces/faas/configmaps/configmap-kfn")
+        .await;
+    assert_eq!(cm["data"]["main.py"], tool_py);
+    assert_eq!(
+        faas.call("/gateway/kfn/version").await,
+        (200, "on kubernetes".into())
+    );
+
+    // Idle: the reaper scales the Deployment to zero through /scale; a request brings it back.
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            k.replicas("deployment-kfn").await == 0
+        })
+        .await,
+        "not scaled to zero:\n{}",
+        faas.log_text()
+    );
+    assert!(
+        faas.wait_status("kfn", "ready_replicas", Duration::from_secs(20), |v| v == 0)
+            .await
+    );
+    let activated =
+        tokio::time::timeout(Duration::from_secs(60), faas.call("/gateway/kfn/version")).await;
+    assert_eq!(
+        activated.ok(),
+        Some((200, "on kubernetes".into())),
+        "{}\n{}",
+        faas.log_text(),
+        k.log()
+    );
+    assert_eq!(k.replicas("deployment-kfn").await, 1);
+
+    // A restarted gateway rediscovers it from its labels.
+    faas.restart().await;
+    let (s, st) = faas.admin("GET", "/admin/functions/kfn", None).await;
+    assert_eq!(s, 200, "{st}");
+    assert_eq!(
+        faas.call("/gateway/kfn/version").await,
+        (200, "on kubernetes".into())
+    );
+    // An update keeps the replica count the Deployment has (one writer: /scale).
+    let body = json!({"dot_file": harness::b64_wrapped("VERSION=\"rolled\"\n")});
+    let (s, r) = faas.admin("PUT", "/admin/functions/kfn", Some(body)).await;
+    assert_eq!(s, 200, "{r}");
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            faas.call("/gateway/kfn/version").await == (200, "rolled".into())
+        })
+        .await,
+        "never rolled:\n{}",
+        k.log()
+    );
+    // Pod logs need a kubelet, which this server lacks; the call still exercises the Role.
+    assert_eq!(
+        faas.get("/admin/functions/kfn/logs?tail=5").await.status(),
+        200
+    );
+
+    // The gateway's own Service is not a function's: refused, and left as it was.
+    let (s, r) = faas.deploy("faas-gateway", &tool_py, "", 1).await;
+    assert_eq!(s, 409, "{r}");
+    assert!(r["message"].as_str().unwrap().contains("gateway"), "{r}");
+    let (_, svc_after) = k.get("/api/v1/namespaces/faas/services/faas-gateway").await;
+    assert_eq!(
+        svc_after["metadata"]["resourceVersion"],
+        svc_before["metadata"]["resourceVersion"]
+    );
+    // An object someone else made is not applied over, nor deleted.
+    let (s, r) = faas.deploy("theirs", &tool_py, "", 1).await;
+    assert_eq!(s, 409, "{r}");
+    assert!(
+        r["message"].as_str().unwrap().contains("configmap-theirs"),
+        "{r}"
+    );
+    assert_eq!(
+        faas.admin("DELETE", "/admin/functions/theirs", None)
+            .await
+            .0,
+        404
+    );
+    let (s, theirs) = k
+        .get("/api/v1/namespaces/faas/configmaps/configmap-theirs")
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(theirs["data"]["owner"], "someone else");
+    assert_eq!(
+        k.get("/apis/apps/v1/namespaces/faas/deployments/deployment-theirs")
+            .await
+            .0,
+        404
+    );
+    // A name Kubernetes would refuse is refused before any API call.
+    let (s, r) = faas.deploy("1abc", &tool_py, "", 1).await;
+    assert_eq!(s, 400, "{r}");
+    assert_eq!(
+        faas.admin("DELETE", "/admin/functions/nope", None).await.0,
+        404
+    );
+
+    // `foo` and `service-foo` own different objects: both live, deleting one leaves the other.
+    for name in ["foo", "service-foo"] {
+        let dot = format!("VERSION=\"{name}\"\n");
+        let (s, r) = faas.deploy(name, &tool_py, &dot, 1).await;
+        assert_eq!(s, 200, "{name}: {r}\n{}", faas.log_text());
+    }
+    assert_eq!(faas.call("/gateway/foo/version").await, (200, "foo".into()));
+    assert_eq!(
+        faas.call("/gateway/service-foo/version").await,
+        (200, "service-foo".into())
+    );
+    assert_eq!(
+        faas.admin("DELETE", "/admin/functions/service-foo", None)
+            .await
+            .0,
+        204
+    );
+    for prefix in OBJECTS {
+        assert_eq!(k.get(&format!("{prefix}foo")).await.0, 200, "{prefix}foo");
+        assert_eq!(
+            k.get(&format!("{prefix}service-foo")).await.0,
+            404,
+            "{prefix}service-foo"
+        );
+    }
+    assert_eq!(faas.call("/gateway/foo/version").await, (200, "foo".into()));
+
+    // Delete removes all four objects.
+    assert_eq!(
+        faas.admin("DELETE", "/admin/functions/kfn", None).await.0,
+        204
+    );
+    for prefix in OBJECTS {
+        assert_eq!(k.get(&format!("{prefix}kfn")).await.0, 404, "{prefix}kfn");
+    }
+
+    // The chart's Role is exactly what the gateway needed: nothing refused, nothing unused.
+    let (used, refused) = cluster::permissions_used(&k.audit());
+    assert!(refused.is_empty(), "refused by the Role: {refused:#?}");
+    let granted = cluster::permissions_granted();
+    let missing: Vec<_> = used.difference(&granted).collect();
+    assert!(missing.is_empty(), "the Role lacks {missing:?}");
+    let unused: Vec<_> = granted.difference(&used).collect();
+    assert!(
+        unused.is_empty(),
+        "the Role grants more than the code uses: {unused:?}"
+    );
+}
+
+#[tokio::test]
+async fn two_gateways_one_leader_deciding_from_both() {
+    let k = Cluster::start();
+    gateway_service(&k).await;
+    let env = [
+        ("FAAS_LEADER_LEASE_DURATION", "4s"),
+        ("REAPER_TIME_TO_LIVE", "4s"),
+        ("FAAS_AUTOSCALE_WINDOW", "2s"),
+        ("FAAS_SCALE_DOWN_DELAY", "120s"),
+    ];
+    let a = gateway_on(&k, "gw-a", &env).await;
+    let b = gateway_on(&k, "gw-b", &env).await;
+    publish_gateway(&k, "gw-a", a.port).await;
+    publish_gateway(&k, "gw-b", b.port).await;
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            leads(&a, "gw-a").await != leads(&b, "gw-b").await
+        })
+        .await,
+        "no single leader:\n{}\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+    let a_leads = leads(&a, "gw-a").await;
+    let (leader, follower, leader_slice, follower_name) = if a_leads {
+        (a, b, "gw-a", "gw-b")
+    } else {
+        (b, a, "gw-b", "gw-a")
+    };
+    let tool_py = script("tests/functions/tool.py");
+    let (s, r) = follower.deploy("f", &tool_py, "", 1).await;
+    assert_eq!(s, 200, "{r}\n{}", follower.log_text());
+    // The other replica adopts it from the Deployment watch.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            leader.admin("GET", "/admin/functions/f", None).await.0 == 200
+        })
+        .await
+    );
+    let scale_downs = || async { leader.metric("faas_reaper_scale_downs_total").await };
+
+    // Traffic only through the follower for 12 s (idle timeout 4 s): the leader sees it in the
+    // follower's activity and never scales the function to zero.
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        assert_eq!(follower.call("/gateway/f/version").await.0, 200);
+        assert_eq!(
+            k.replicas("deployment-f").await,
+            1,
+            "scaled away while served"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(scale_downs().await, 0.0, "{}", leader.log_text());
+
+    // Idle on both: to zero, exactly once.
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            k.replicas("deployment-f").await == 0
+        })
+        .await,
+        "not scaled to zero:\n{}",
+        leader.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(scale_downs().await, 1.0);
+
+    // Both gateways activate it at once: one scale-up (one change of the Deployment's spec).
+    let (_, dep) = k
+        .get("/apis/apps/v1/namespaces/faas/deployments/deployment-f")
+        .await;
+    let generation = dep["metadata"]["generation"].as_i64().unwrap();
+    let (x, y) = tokio::join!(
+        leader.call("/gateway/f/version"),
+        follower.call("/gateway/f/version")
+    );
+    assert_eq!((x.0, y.0), (200, 200), "{x:?} {y:?}");
+    let (_, dep) = k
+        .get("/apis/apps/v1/namespaces/faas/deployments/deployment-f")
+        .await;
+    assert_eq!(dep["spec"]["replicas"], 1);
+    assert_eq!(
+        dep["metadata"]["generation"].as_i64().unwrap(),
+        generation + 1,
+        "more than one scale-up"
+    );
+
+    // The autoscaler counts both replicas' in-flight: 2 slow requests through each of the two
+    // gateways with a target of 1 make 4 replicas (2 if it counted only its own).
+    let body = json!({
+        "script": harness::b64_wrapped(&tool_py),
+        "dot_file": "",
+        "option": {"name": "g", "replica": 1, "target_concurrency": 1, "max_replicas": 4,
+                   "idle_timeout": "10m"},
+    });
+    let (s, r) = follower.admin("POST", "/admin/python", Some(body)).await;
+    assert_eq!(s, 200, "{r}");
+    let slow = "/gateway/g/slow?s=10";
+    let held = async {
+        tokio::join!(
+            leader.call(slow),
+            leader.call(slow),
+            follower.call(slow),
+            follower.call(slow)
+        )
+    };
+    let watch = async {
+        wait_until(Duration::from_secs(9), || async {
+            k.replicas("deployment-g").await == 4
+        })
+        .await
+    };
+    let (_, scaled) = tokio::join!(held, watch);
+    assert!(scaled, "not scaled to 4:\n{}", leader.log_text());
+
+    // The leader dies: the follower leads within the lease duration (4 s), and reaps.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(leader.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // As the endpoints controller withdraws a dead pod.
+    k.send(
+        "DELETE",
+        &format!(
+            "/apis/discovery.k8s.io/v1/namespaces/faas/endpointslices/faas-gateway-{leader_slice}"
+        ),
+        None,
+    )
+    .await;
+    let killed = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            leads(&follower, follower_name).await
+        })
+        .await,
+        "no new leader:\n{}",
+        follower.log_text()
+    );
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(4 + 2), "took {took:?}");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            k.replicas("deployment-f").await == 0
+        })
+        .await,
+        "the new leader does not reap:\n{}",
+        follower.log_text()
+    );
+    assert!(follower.metric("faas_reaper_scale_downs_total").await >= 1.0);
+}
+
+/// Whether gateway replica `name` says it leads.
+async fn leads(f: &Faas, name: &str) -> bool {
+    f.metric(&format!("faas_leader{{replica=\"{name}\"}}"))
+        .await
+        == 1.0
 }

@@ -14,6 +14,7 @@ use crate::function::{check_bounds, DeployRequest};
 use crate::registry::{FnEntry, Registry};
 use crate::replies::{DeployEvent, DeployReply, ErrorBody, FunctionList, FunctionStatus};
 use crate::runtime::Runtime;
+use crate::scaling::activity::{self, Activity};
 use crate::{now_ms, Error};
 
 /// The media type of streamed answers (deploy progress): one JSON document per line.
@@ -61,6 +62,8 @@ pub struct Admin {
     cfg: Arc<Config>,
     registry: Registry,
     runtime: Arc<dyn Runtime>,
+    /// This gateway replica's activity, served to the leader on [`activity::PATH`].
+    activity: Option<Activity>,
 }
 
 /// The body of `POST /admin/functions/{name}/scale`.
@@ -137,7 +140,14 @@ impl Admin {
             cfg,
             registry,
             runtime,
+            activity: None,
         }
+    }
+
+    /// Serves this replica's activity on [`activity::PATH`] (the controller's).
+    pub fn with_activity(mut self, activity: Activity) -> Self {
+        self.activity = Some(activity);
+        self
     }
 
     /// Checks the bearer token when one is configured; `Some` is the 401 to send.
@@ -159,6 +169,10 @@ impl Admin {
 
     /// Serves one admin request.
     pub async fn handle(&self, req: AdminRequest<'_>) -> AdminResponse {
+        // The leader asks for it, also while this replica restores.
+        if let (Some(a), "GET", activity::PATH) = (&self.activity, req.method, req.path) {
+            return AdminResponse::json("activity", 200, &a.report());
+        }
         // Just restarted: answer about functions once they are back.
         self.registry.wait_restored(self.cfg.deploy_timeout).await;
         let rest = req.path.strip_prefix("/admin").unwrap_or(req.path);

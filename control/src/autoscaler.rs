@@ -1,15 +1,19 @@
 //! Request-driven autoscaling: desired replicas = ceil(average in-flight over a window /
-//! `target_concurrency`), clamped to `[max(min_replicas, 1), max_replicas]`. Scale-up is
-//! immediate; scale-down waits until the lower count has been enough for the stabilisation
-//! window, so that a short lull does not stop warm replicas. Zero is the reaper's business.
+//! `target_concurrency`), clamped to `[max(min_replicas, 1), max_replicas]`. The average is summed
+//! over every gateway replica (each averages its own over the window, see
+//! [`Activity`]); the autoscaler runs on the leader only. Scale-up is immediate; scale-down waits
+//! until the lower count has been enough for the stabilisation window, so that a short lull does
+//! not stop warm replicas, and does not happen while a peer's load is unknown. Zero is the
+//! reaper's business.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::registry::Registry;
 use crate::runtime::Runtime;
+use crate::scaling::activity::Activity;
+use crate::scaling::peers::Peers;
 
 /// Autoscaler timing.
 #[derive(Debug, Clone, Copy)]
@@ -20,66 +24,70 @@ pub struct AutoscaleConfig {
     pub scale_down_delay: Duration,
 }
 
-/// Samples kept per window.
-const SAMPLES: usize = 10;
-
-/// What the autoscaler remembers of one function.
-#[derive(Default)]
-struct Track {
-    samples: VecDeque<usize>,
-    lower_since: Option<Instant>,
-}
-
 /// The replica count for an average in-flight load.
 pub fn desired(avg_inflight: f64, target: u32, min: u32, max: u32) -> u32 {
     let want = (avg_inflight / target.max(1) as f64).ceil() as u32;
     want.clamp(min.max(1), max.max(1))
 }
 
-/// Runs forever, sampling every `window / 10`.
-pub async fn run(cfg: AutoscaleConfig, registry: Registry, runtime: Arc<dyn Runtime>) {
-    let period = (cfg.window / SAMPLES as u32).max(Duration::from_millis(50));
-    let mut tick = tokio::time::interval(period);
+/// Runs until aborted (leadership lost), deciding every tenth of the window.
+pub async fn run(
+    cfg: AutoscaleConfig,
+    registry: Registry,
+    runtime: Arc<dyn Runtime>,
+    activity: Activity,
+    peers: Peers,
+) {
+    let mut tick = tokio::time::interval(activity.period());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut tracks: HashMap<String, Track> = HashMap::new();
+    // Per function: since when fewer replicas have sufficed.
+    let mut lower_since: HashMap<String, Instant> = HashMap::new();
     loop {
         tick.tick().await;
         let table = registry.snapshot();
-        tracks.retain(|name, _| table.contains_key(name));
+        if !table
+            .values()
+            .any(|e| e.spec().target_concurrency.is_some())
+        {
+            lower_since.clear();
+            continue;
+        }
+        let fleet = peers.gather(activity.report()).await;
+        lower_since.retain(|name, _| table.contains_key(name));
         for entry in table.values() {
             let spec = entry.spec();
             let Some(target) = spec.target_concurrency else {
                 continue;
             };
-            let t = tracks.entry(entry.name.clone()).or_default();
-            if t.samples.len() == SAMPLES {
-                t.samples.pop_front();
-            }
-            t.samples.push_back(entry.inflight.load(Ordering::Acquire));
             if spec.replicas == 0 {
-                // At zero: the activator brings it back; stale samples must not linger.
-                t.samples.clear();
-                t.lower_since = None;
+                // At zero: the activator brings it back.
+                lower_since.remove(&entry.name);
                 continue;
             }
-            let avg = t.samples.iter().sum::<usize>() as f64 / t.samples.len() as f64;
+            let avg = fleet
+                .functions
+                .get(&entry.name)
+                .map_or(0.0, |a| a.inflight_avg);
             let want = desired(avg, target, spec.min_replicas, spec.max_replicas);
             let change = if want > spec.replicas {
-                t.lower_since = None;
                 Some(want)
-            } else if want < spec.replicas {
-                let since = *t.lower_since.get_or_insert_with(Instant::now);
+            } else if want < spec.replicas && fleet.unreachable.is_empty() {
+                let since = *lower_since
+                    .entry(entry.name.clone())
+                    .or_insert_with(Instant::now);
                 (since.elapsed() >= cfg.scale_down_delay).then_some(want)
             } else {
-                t.lower_since = None;
+                lower_since.remove(&entry.name);
                 None
             };
             if let Some(n) = change {
-                t.lower_since = None;
+                lower_since.remove(&entry.name);
                 log::info!(
-                    "autoscaling {}: {} → {n} replicas (average in flight {avg:.1}, target {target})",
+                    "autoscaling {}: {} → {n} replicas (average in flight {avg:.1} over {} gateway \
+                     replica(s), target {target})",
                     entry.name,
-                    spec.replicas
+                    spec.replicas,
+                    fleet.replicas.len()
                 );
                 if let Err(e) = runtime.scale(&entry.name, n).await {
                     log::warn!("autoscaler could not scale {}: {e}", entry.name);

@@ -74,6 +74,12 @@ pub struct Config {
     /// How functions run on Kubernetes.
     pub kube: KubeSettings,
     /// How functions are confined on the local runtime.
+    /// `FAAS_LEADER_LEASE_DURATION`: on Kubernetes, how long the leader's Lease holds without
+    /// renewal; a new leader takes over within it when the leader dies (whole seconds, at least 2).
+    pub leader_lease_duration: Duration,
+    /// `POD_NAME` (the downward API): this gateway replica's name in the Lease and in its
+    /// activity reports; empty: the host name.
+    pub pod_name: String,
     pub sandbox: SandboxSettings,
     /// `FAAS_ZYGOTE`: local replicas are forked from a zygote of their function version that
     /// imported the script's imports (see `runtime::local::zygote`).
@@ -153,6 +159,8 @@ const SETTINGS: &[(&str, &str)] = &[
         "FAAS_FUNCTION_IMAGE",
         "ghcr.io/astral-sh/uv:python3.12-alpine",
     ),
+    ("FAAS_LEADER_LEASE_DURATION", "15s"),
+    ("POD_NAME", ""),
     ("FAAS_FUNCTION_HEALTH_PATH", "/health"),
     ("FAAS_FUNCTION_CPU_REQUEST", "50m"),
     ("FAAS_FUNCTION_MEMORY_REQUEST", "64Mi"),
@@ -270,6 +278,17 @@ impl Config {
                 health_path: get("FAAS_FUNCTION_HEALTH_PATH"),
                 cpu_request: get("FAAS_FUNCTION_CPU_REQUEST"),
                 memory_request: get("FAAS_FUNCTION_MEMORY_REQUEST"),
+            leader_lease_duration: match duration(&get, "FAAS_LEADER_LEASE_DURATION")? {
+                d if d < Duration::from_secs(2) => {
+                    return Err(invalid(
+                        "FAAS_LEADER_LEASE_DURATION",
+                        &get("FAAS_LEADER_LEASE_DURATION"),
+                        "must be at least 2s",
+                    ))
+                }
+                d => d,
+            },
+            pod_name: get("POD_NAME"),
                 cpu_limit: get("FAAS_FUNCTION_CPU_LIMIT"),
                 memory_limit: get("FAAS_FUNCTION_MEMORY_LIMIT"),
                 uv_cache_pvc: get("FAAS_UV_CACHE_PVC"),

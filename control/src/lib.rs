@@ -9,6 +9,7 @@ pub mod admin;
 pub mod autoscaler;
 pub mod config;
 pub mod function;
+pub mod controller;
 pub mod logbuf;
 pub mod metrics;
 pub mod openapi;
@@ -20,6 +21,7 @@ pub mod replies;
 pub mod runtime;
 pub mod scaler;
 pub mod token;
+pub mod scaling;
 
 use std::time::Duration;
 
@@ -37,6 +39,10 @@ pub enum Error {
     #[error("function {0:?} already exists; update it with PUT /admin/functions/{0}")]
     Conflict(String),
     /// The script is well-formed but cannot be run: uv could not resolve its dependencies or
+    /// The name is taken by something that is not this function's (an object we did not make,
+    /// such as the gateway's own Service); the message says what.
+    #[error("{0}")]
+    Taken(String),
     /// find an interpreter, or it exited before it became ready.
     #[error("{0}")]
     Unprocessable(String),
@@ -66,7 +72,7 @@ impl Error {
         match self {
             Error::BadRequest(_) => 400,
             Error::NotFound(_) => 404,
-            Error::Conflict(_) => 409,
+            Error::Conflict(_) | Error::Taken(_) => 409,
             Error::Unprocessable(_) => 422,
             Error::Timeout(_) => 504,
             Error::Unavailable(_) => 503,

@@ -1,7 +1,9 @@
 //! Metrics the control side records: cold starts and reaper scale-downs. They register into the
 //! same Prometheus registry as the gateway's.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 /// Cold-start and reaper metrics. Cheap to clone (handles to shared series).
 #[derive(Clone)]
@@ -17,6 +19,8 @@ pub struct ControlMetrics {
     /// runtime, by how (`zygote`: forked; `direct`: the interpreter started, no zygote warm;
     /// `fallback`: the interpreter started because the zygote path failed).
     pub replica_starts: IntCounterVec,
+    /// `faas_leader{replica}`: 1 on the gateway replica that runs the reaper and the autoscaler.
+    pub leader: IntGaugeVec,
 }
 
 /// Cold starts take from tens of milliseconds (stdlib script) to a minute.
@@ -57,11 +61,20 @@ impl ControlMetrics {
         )?;
         registry.register(Box::new(reaper_scale_downs.clone()))?;
         registry.register(Box::new(replica_starts.clone()))?;
+        let leader = IntGaugeVec::new(
+            Opts::new(
+                "faas_leader",
+                "1 on the gateway replica that leads (runs the reaper and the autoscaler)",
+            ),
+            &["replica"],
+        )?;
+        registry.register(Box::new(leader.clone()))?;
         Ok(ControlMetrics {
             cold_starts,
             cold_start_duration,
             reaper_scale_downs,
             replica_starts,
+            leader,
         })
     }
 

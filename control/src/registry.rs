@@ -40,6 +40,8 @@ pub struct FnEntry {
     /// The function's name.
     pub name: String,
     spec: ArcSwap<FunctionSpec>,
+    /// When a request last started or finished, on the monotonic clock ([`mono_ms`]): a step
+    /// of the wall clock does not make every function look idle.
     route: watch::Sender<RouteState>,
     /// Requests in flight to this function (held ones included).
     pub inflight: AtomicUsize,
@@ -225,7 +227,7 @@ impl FnEntry {
             route: watch::Sender::new(RouteState::default()),
             inflight: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
-            last_activity_ms: AtomicU64::new(crate::now_ms()),
+            last_activity_ms: AtomicU64::new(mono_ms()),
             activating: AtomicU64::new(0),
             limit: AtomicUsize::new(spec.max_concurrency.unwrap_or(0) as usize),
             slot_freed: Notify::new(),
@@ -377,6 +379,13 @@ impl FnEntry {
     }
 
     /// Reports that a start failed, waking held requests so that they can fail fast.
+/// Milliseconds since this process started, on the monotonic clock.
+fn mono_ms() -> u64 {
+    static START: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    START.elapsed().as_millis() as u64
+}
+
     pub fn publish_failure(&self, why: String) {
         self.activating.store(0, Ordering::Release);
         self.route.send_modify(|r| r.failure = Some(why.into()));
@@ -389,13 +398,19 @@ impl FnEntry {
 
     /// Marks activity now (a request finished or started).
     pub fn touch(&self) {
-        self.last_activity_ms
-            .store(crate::now_ms(), Ordering::Relaxed);
+        self.last_activity_ms.store(mono_ms(), Ordering::Relaxed);
     }
 
-    /// When the function last saw a request, in milliseconds since the epoch.
+    /// How long since the function last saw a request, on the monotonic clock.
+    pub fn idle_for(&self) -> std::time::Duration {
+        let last = self.last_activity_ms.load(Ordering::Relaxed);
+        std::time::Duration::from_millis(mono_ms().saturating_sub(last))
+    }
+
+    /// When the function last saw a request, in milliseconds since the epoch (for display: now
+    /// on the wall clock minus [`FnEntry::idle_for`]).
     pub fn last_activity_ms(&self) -> u64 {
-        self.last_activity_ms.load(Ordering::Relaxed)
+        crate::now_ms().saturating_sub(self.idle_for().as_millis() as u64)
     }
 }
 

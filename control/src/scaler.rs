@@ -30,7 +30,7 @@ pub async fn run(
             // It should have replicas but none is ready: let the runtime replace any that gave
             // up (a no-op when they are merely starting).
             tokio::spawn(async move {
-                if let Err(e) = runtime.scale(&req.name, desired).await {
+                if let Err(e) = runtime.scale_up(&req.name, desired).await {
                     entry.publish_failure(format!("could not start {}: {e}", req.name));
                 }
             });
@@ -39,7 +39,8 @@ pub async fn run(
         log::info!("activating {} (0 → {} replicas)", req.name, req.replicas);
         tokio::spawn(async move {
             let started = Instant::now();
-            if let Err(e) = runtime.scale(&req.name, req.replicas).await {
+            // At least: another gateway replica may have activated it already.
+            if let Err(e) = runtime.scale_up(&req.name, req.replicas).await {
                 entry.publish_failure(format!("could not start {}: {e}", req.name));
             }
             observe_cold_start(&entry, started, timeout, &metrics).await;

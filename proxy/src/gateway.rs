@@ -69,7 +69,12 @@ impl Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        if let Some(Err(wait)) = client.map(|ip| self.admin_limit.check(ip)) {
+        // The leader's activity polls (control::scaling) are not the users' admin calls.
+        let internal = session.req_header().uri.path() == control::scaling::activity::PATH;
+        if let Some(Err(wait)) = client
+            .filter(|_| !internal)
+            .map(|ip| self.admin_limit.check(ip))
+        {
             let msg = format!(
                 "more than {} admin requests per minute from {} (FAAS_ADMIN_RATE_LIMIT); retry in {wait} s",
                 self.admin_limit.per_minute,

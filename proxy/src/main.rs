@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use control::admin::Admin;
 use control::config::{Config, RuntimeKind};
+use control::controller::Controller;
 use control::registry::Registry;
 use control::runtime::kube::KubeRuntime;
 use control::runtime::local::LocalRuntime;
@@ -89,13 +90,23 @@ fn serve(conf: Option<PathBuf>) -> anyhow::Result<()> {
     server.bootstrap();
 
     let (registry, scale_rx) = Registry::new();
-    let runtime: Arc<dyn Runtime> = match cfg.runtime {
-        RuntimeKind::Local => Arc::new(LocalRuntime::new(&cfg, registry.clone())?),
-        RuntimeKind::Kubernetes => Arc::new(KubeRuntime::new(&cfg, registry.clone())),
+    let cluster =
+        (cfg.runtime == RuntimeKind::Kubernetes).then(|| KubeRuntime::new(&cfg, registry.clone()));
+    let runtime: Arc<dyn Runtime> = match &cluster {
+        None => Arc::new(LocalRuntime::new(&cfg, registry.clone())?),
+        Some(kube) => Arc::new(kube.clone()),
     };
     let metrics = Arc::new(Metrics::new()?);
-    let control_metrics = metrics.control();
-    let admin = Admin::new(cfg.clone(), registry.clone(), runtime.clone());
+    let controller = Arc::new(Controller::new(
+        cfg.clone(),
+        registry.clone(),
+        scale_rx,
+        runtime.clone(),
+        metrics.control(),
+        cluster,
+    ));
+    let admin = Admin::new(cfg.clone(), registry.clone(), runtime.clone())
+        .with_activity(controller.activity());
     let gateway = Gateway::new(cfg.clone(), registry.clone(), admin, metrics.clone());
 
     let fallback = pingora_proxy::http_proxy(&server.configuration, gateway);
@@ -110,10 +121,7 @@ fn serve(conf: Option<PathBuf>) -> anyhow::Result<()> {
     // Pingora's default 64 KiB read buffer per connection is most of an idle connection's memory.
     proxy.add_listener(ListenerConfig::tcp(&addr).l4_buffer(L4BufferSettings::new(0, 1460)));
     server.add_service(proxy);
-    server.add_service(background_service(
-        "lifecycle",
-        Lifecycle::new(cfg.clone(), registry, scale_rx, runtime, control_metrics),
-    ));
+    server.add_service(background_service("controller", Lifecycle::new(controller)));
     log::info!(
         "faas listening on http://{addr} (runtime {:?}, state {})",
         cfg.runtime,

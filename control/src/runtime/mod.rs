@@ -36,6 +36,19 @@ pub trait Runtime: Send + Sync + 'static {
     /// Sets the desired replica count; does not wait for readiness.
     async fn scale(&self, name: &str, replicas: u32) -> Result<()>;
 
+    /// Raises the desired replica count to at least `replicas` (an activation); a count already
+    /// that high is left alone, so that activations asked for at once, by several gateway
+    /// replicas, scale up once. Returns whether it changed the count.
+    async fn scale_up(&self, name: &str, replicas: u32) -> Result<bool> {
+        self.scale(name, replicas).await.map(|()| true)
+    }
+
+    /// The address clients reach the gateway at, when the runtime knows it (on Kubernetes, the
+    /// LoadBalancer address of `GATEWAY_SERVICE_NAME`): the host of the URLs deploys return.
+    fn advertised_host(&self) -> Option<String> {
+        None
+    }
+
     /// The last `tail` lines of the output of a function's replicas.
     async fn logs(&self, name: &str, tail: usize) -> Result<Vec<String>>;
 

@@ -6,19 +6,20 @@ pub mod objects;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
-use self::objects::{names, MANAGED, SERVICE_ID, SPEC};
+use self::objects::{names, owned_by, MANAGED, SERVICE_ID, SPEC};
 use super::Runtime;
 use crate::config::{Config, KubeSettings};
 use crate::function::{parse_dot_file, DeployRequest, FunctionDef, FunctionSpec};
@@ -42,8 +43,13 @@ struct Inner {
     /// Created on first use, inside the runtime of the caller (a background service at start).
     client: OnceCell<Client>,
     defs: Mutex<HashMap<String, FunctionDef>>,
-    /// Serialises create, update and delete (each a handful of API calls).
-    edit: tokio::sync::Mutex<()>,
+    /// One lock per function: serialises its create, update, delete and scale calls, so that a
+    /// scale never races an update's apply; other functions are not held up.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// `GATEWAY_SERVICE_NAME`: never a function's name; its LoadBalancer address goes into URLs.
+    gateway_service: String,
+    /// The gateway Service's LoadBalancer address, once it has one.
+    advertised: Mutex<Option<String>>,
     /// The EndpointSlice reflector's store, once the watch runs.
     slices: std::sync::OnceLock<
         kube::runtime::reflector::Store<k8s_openapi::api::discovery::v1::EndpointSlice>,
@@ -55,6 +61,25 @@ fn kube_err(context: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
         kube::Error::Api(s) if s.code == 404 => Error::NotFound(context.to_string()),
         _ => Error::internal(context.to_string(), e),
     }
+}
+
+/// Whether an API error is a conflict (a precondition or resourceVersion that no longer holds).
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+/// Attempts of a read-modify-write that lost a race (409) before giving up.
+const RACE_ATTEMPTS: usize = 5;
+
+/// Who holds an object name.
+#[derive(Debug)]
+enum Holder {
+    /// No object of that name.
+    Absent,
+    /// Ours, made for this function.
+    Ours { uid: Option<String> },
+    /// Someone else's: not labelled as ours, or another function's.
+    Other,
 }
 
 // === impl KubeRuntime ===
@@ -72,12 +97,15 @@ impl KubeRuntime {
                 client: OnceCell::new(),
                 defs: Mutex::new(HashMap::new()),
                 slices: std::sync::OnceLock::new(),
-                edit: tokio::sync::Mutex::new(()),
+                locks: Mutex::new(HashMap::new()),
+                gateway_service: cfg.gateway_service_name.clone(),
+                advertised: Mutex::new(None),
             }),
         }
     }
 
-    async fn client(&self) -> Result<Client> {
+    /// The API client, made on first use from `KUBECONFIG` or the in-cluster configuration.
+    pub async fn client(&self) -> Result<Client> {
         self.inner
             .client
             .get_or_try_init(|| async {
@@ -89,6 +117,26 @@ impl KubeRuntime {
             .cloned()
     }
 
+    /// The namespace of the functions (and of the gateway).
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// The ready addresses of the gateway's own Service (`GATEWAY_SERVICE_NAME`), from its
+    /// EndpointSlices: the gateway replicas that serve now. Empty until the watch has listed.
+    pub fn gateway_peers(&self) -> Vec<SocketAddr> {
+        match self.inner.slices.get() {
+            Some(store) => {
+                let state = store.state();
+                watch::ready_endpoints(
+                    state.iter().map(|s| s.as_ref()),
+                    &self.inner.gateway_service,
+                )
+            }
+            None => Vec::new(),
+        }
+    }
+
     async fn api<K>(&self) -> Result<Api<K>>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
@@ -97,7 +145,99 @@ impl KubeRuntime {
         Ok(Api::namespaced(self.client().await?, &self.inner.namespace))
     }
 
-    async fn apply<K>(&self, name: &str, obj: &K) -> Result<()>
+    /// The lock of one function.
+    async fn lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .inner
+            .locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
+    /// Who holds the object `obj` of kind `K`, as far as function `name` is concerned. An API
+    /// error is an error, never "absent".
+    async fn holder<K>(&self, obj: &str, name: &str) -> Result<Holder>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        let found = self
+            .api::<K>()
+            .await?
+            .get_opt(obj)
+            .await
+            .map_err(|e| Error::internal(format!("reading {obj}"), e))?;
+        Ok(match found {
+            None => Holder::Absent,
+            Some(o) if owned_by(o.meta().labels.as_ref(), name) => Holder::Ours {
+                uid: o.meta().uid.clone(),
+            },
+            Some(_) => Holder::Other,
+        })
+    }
+
+    /// Who holds each of the four object names of function `name`.
+    async fn holders(&self, name: &str) -> Result<[(&'static str, String, Holder); 4]> {
+        let n = names(name);
+        Ok([
+            (
+                "Deployment",
+                n.deployment.clone(),
+                self.holder::<Deployment>(&n.deployment, name).await?,
+            ),
+            (
+                "Service",
+                n.service.clone(),
+                self.holder::<Service>(&n.service, name).await?,
+            ),
+            (
+                "ConfigMap",
+                n.configmap.clone(),
+                self.holder::<ConfigMap>(&n.configmap, name).await?,
+            ),
+            (
+                "Secret",
+                n.secret.clone(),
+                self.holder::<Secret>(&n.secret, name).await?,
+            ),
+        ])
+    }
+
+    /// Refuses (409) a name whose objects we do not own: the gateway's own Service, or any
+    /// object not labelled as this function's.
+    fn refuse_foreign(
+        &self,
+        name: &str,
+        holders: &[(&'static str, String, Holder); 4],
+    ) -> Result<()> {
+        if name == self.inner.gateway_service {
+            return Err(Error::Taken(format!(
+                "{name:?} is the gateway's own Service (GATEWAY_SERVICE_NAME): choose another name"
+            )));
+        }
+        for (kind, obj, h) in holders {
+            if matches!(h, Holder::Other) {
+                return Err(Error::Taken(format!(
+                    "the {kind} {obj:?} in namespace {} exists and is not function {name:?}'s \
+                     (it lacks the labels {MANAGED}=true, {SERVICE_ID}={name}); it is left \
+                     alone: choose another name",
+                    self.inner.namespace
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one object server-side. `precondition` (a resourceVersion) makes the apply fail
+    /// with a conflict when the object changed since it was read.
+    async fn apply<K>(&self, name: &str, obj: &K) -> std::result::Result<(), kube::Error>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -106,50 +246,202 @@ impl KubeRuntime {
             + std::fmt::Debug,
         <K as kube::Resource>::DynamicType: Default,
     {
-        let api: Api<K> = self.api().await?;
+        let api: Api<K> = Api::namespaced(
+            self.client().await.map_err(|e| {
+                kube::Error::Service(Box::new(std::io::Error::other(e.to_string())))
+            })?,
+            &self.inner.namespace,
+        );
+        // Forced: our own earlier applies and `/scale` share these fields. Only objects checked
+        // to be ours (or absent) get here.
         let params = PatchParams::apply(FIELD_MANAGER).force();
         api.patch(name, &params, &Patch::Apply(obj))
             .await
-            .map_err(|e| Error::internal(format!("applying {name}"), e))?;
-        Ok(())
+            .map(|_| ())
     }
 
-    /// Applies all four objects of a function.
+    /// Applies all four objects of a function whose names were checked. The Deployment keeps
+    /// the replica count it has (the count has one writer, [`Runtime::scale`]): it is read and
+    /// applied with its resourceVersion as a precondition, again if a scale came between.
     async fn apply_all(&self, def: &FunctionDef) -> Result<()> {
         let ns = &self.inner.namespace;
-        let n = names(&def.spec.name);
+        let name = &def.spec.name;
+        let n = names(name);
+        let ctx = |obj: &str| format!("applying {obj}");
         self.apply(&n.configmap, &objects::configmap(def, ns)?)
-            .await?;
-        self.apply(&n.secret, &objects::secret(def, ns)?).await?;
+            .await
+            .map_err(|e| Error::internal(ctx(&n.configmap), e))?;
+        self.apply(&n.secret, &objects::secret(def, ns)?)
+            .await
+            .map_err(|e| Error::internal(ctx(&n.secret), e))?;
         self.apply(&n.service, &objects::service(&def.spec, ns)?)
-            .await?;
-        self.apply(
-            &n.deployment,
-            &objects::deployment(def, ns, &self.inner.settings)?,
-        )
-        .await
+            .await
+            .map_err(|e| Error::internal(ctx(&n.service), e))?;
+        let api = self.api::<Deployment>().await?;
+        for attempt in 1..=RACE_ATTEMPTS {
+            let live = api
+                .get_opt(&n.deployment)
+                .await
+                .map_err(|e| Error::internal(format!("reading {}", n.deployment), e))?;
+            let mut def = def.clone();
+            let mut version = None;
+            if let Some(live) = &live {
+                if !owned_by(live.metadata.labels.as_ref(), name) {
+                    return Err(Error::Taken(format!(
+                        "the Deployment {:?} is not function {name:?}'s",
+                        n.deployment
+                    )));
+                }
+                def.spec.replicas = live
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.replicas)
+                    .unwrap_or(0)
+                    .max(0) as u32;
+                version = live.metadata.resource_version.clone();
+            }
+            let mut dep = objects::deployment(&def, ns, &self.inner.settings)?;
+            dep.metadata.resource_version = version;
+            match self.apply(&n.deployment, &dep).await {
+                Ok(()) => return Ok(()),
+                Err(e) if is_conflict(&e) && attempt < RACE_ATTEMPTS => continue,
+                Err(e) => return Err(Error::internal(ctx(&n.deployment), e)),
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 
-    /// Deletes the function's objects; `false` when none existed.
-    async fn delete_all(&self, name: &str) -> Result<bool> {
-        let n = names(name);
-        let dp = DeleteParams::background();
+    /// Deletes those of the function's objects that are ours (by labels, and by uid as a
+    /// precondition, so that an object replaced meanwhile is not deleted); `false` when none
+    /// was. Objects that are not ours are left alone. Every failure is reported.
+    async fn delete_owned(&self, name: &str) -> Result<bool> {
+        let holders = self.holders(name).await?;
         let mut found = false;
-        found |= gone(
-            self.api::<Deployment>()
-                .await?
-                .delete(&n.deployment, &dp)
-                .await,
-        )?;
-        found |= gone(self.api::<Service>().await?.delete(&n.service, &dp).await)?;
-        found |= gone(
-            self.api::<ConfigMap>()
-                .await?
-                .delete(&n.configmap, &dp)
-                .await,
-        )?;
-        found |= gone(self.api::<Secret>().await?.delete(&n.secret, &dp).await)?;
+        let mut failed = Vec::new();
+        for (kind, obj, h) in holders {
+            let Holder::Ours { uid, .. } = h else {
+                continue;
+            };
+            let dp = DeleteParams {
+                preconditions: uid.map(|uid| kube::api::Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..DeleteParams::background()
+            };
+            let r = match kind {
+                "Deployment" => self
+                    .api::<Deployment>()
+                    .await?
+                    .delete(&obj, &dp)
+                    .await
+                    .map(|_| ()),
+                "Service" => self
+                    .api::<Service>()
+                    .await?
+                    .delete(&obj, &dp)
+                    .await
+                    .map(|_| ()),
+                "ConfigMap" => self
+                    .api::<ConfigMap>()
+                    .await?
+                    .delete(&obj, &dp)
+                    .await
+                    .map(|_| ()),
+                _ => self
+                    .api::<Secret>()
+                    .await?
+                    .delete(&obj, &dp)
+                    .await
+                    .map(|_| ()),
+            };
+            match r {
+                Ok(()) => found = true,
+                // Gone meanwhile: nothing left to delete.
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => failed.push(format!("{kind} {obj}: {e}")),
+            }
+        }
+        if !failed.is_empty() {
+            return Err(Error::internal(
+                format!("deleting the objects of {name}"),
+                failed.join("; "),
+            ));
+        }
         Ok(found)
+    }
+
+    /// Sets the Deployment's replicas through `/scale`, read then replaced with its
+    /// resourceVersion (retried when another writer came between). With `at_least`, a count
+    /// already that high is left as it is: two gateways activating at once scale up once.
+    async fn write_scale(&self, name: &str, replicas: u32, at_least: bool) -> Result<bool> {
+        let n = names(name);
+        let api = self.api::<Deployment>().await?;
+        for attempt in 1..=RACE_ATTEMPTS {
+            let mut scale = api.get_scale(&n.deployment).await.map_err(kube_err(name))?;
+            let current = scale
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(0)
+                .max(0) as u32;
+            if current == replicas || (at_least && current >= replicas) {
+                self.note_replicas(name, current);
+                return Ok(false);
+            }
+            scale.spec.get_or_insert_with(Default::default).replicas = Some(replicas as i32);
+            match api
+                .replace_scale(&n.deployment, &PostParams::default(), &scale)
+                .await
+            {
+                Ok(_) => {
+                    self.note_replicas(name, replicas);
+                    return Ok(true);
+                }
+                Err(e) if is_conflict(&e) && attempt < RACE_ATTEMPTS => continue,
+                Err(e) => return Err(kube_err(name)(e)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    fn note_replicas(&self, name: &str, replicas: u32) {
+        let mut defs = self.inner.defs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(def) = defs.get_mut(name) {
+            def.spec.replicas = replicas;
+            if let Some(e) = self.inner.registry.get(name) {
+                e.set_spec(def.spec.clone());
+            }
+        }
+    }
+
+    /// Reads the LoadBalancer address of the gateway's Service, for the URLs deploys return.
+    async fn refresh_advertised(&self) {
+        let found = match self.api::<Service>().await {
+            Ok(api) => api.get_opt(&self.inner.gateway_service).await,
+            Err(_) => return,
+        };
+        let addr = match found {
+            Ok(Some(svc)) => svc
+                .status
+                .and_then(|s| s.load_balancer)
+                .and_then(|lb| lb.ingress)
+                .and_then(|i| i.into_iter().next())
+                .and_then(|i| i.ip.or(i.hostname)),
+            Ok(None) => None,
+            Err(e) => {
+                log::debug!(
+                    "reading the gateway's Service {}: {e}",
+                    self.inner.gateway_service
+                );
+                return;
+            }
+        };
+        *self
+            .inner
+            .advertised
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = addr;
     }
 
     /// Reads a function back from its objects.
@@ -259,15 +551,6 @@ impl KubeRuntime {
     }
 }
 
-/// `Ok(true)` for a deleted object, `Ok(false)` for one that was not there.
-fn gone<T>(r: std::result::Result<T, kube::Error>) -> Result<bool> {
-    match r {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-        Err(e) => Err(Error::internal("deleting", e)),
-    }
-}
-
 fn secret_env(s: Secret) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in s.data.unwrap_or_default() {
@@ -285,6 +568,7 @@ impl Runtime for KubeRuntime {
         // Watch first: if the list below fails (API server briefly away), the Deployment
         // watcher still adopts every managed function once it connects.
         watch::spawn(self.clone(), self.client().await?);
+        self.refresh_advertised().await;
         let api = self.api::<Deployment>().await?;
         let list = api
             .list(&ListParams::default().labels(&format!("{MANAGED}=true")))
@@ -309,44 +593,55 @@ impl Runtime for KubeRuntime {
     }
 
     async fn create(&self, def: FunctionDef) -> Result<()> {
-        let _edit = self.inner.edit.lock().await;
         let name = def.spec.name.clone();
+        objects::validate_name(&name)?;
+        let lock = self.lock(&name).await;
         if self.known(&name) {
             return Err(Error::Conflict(name));
         }
-        let n = names(&name);
-        if self
-            .api::<Deployment>()
-            .await?
-            .get_opt(&n.deployment)
-            .await
-            .ok()
-            .flatten()
-            .is_some()
+        let holders = self.holders(&name).await?;
+        self.refuse_foreign(&name, &holders)?;
+        if holders
+            .iter()
+            .any(|(_, _, h)| matches!(h, Holder::Ours { .. }))
         {
+            // Deployed through another gateway replica, not adopted here yet.
             return Err(Error::Conflict(name));
         }
         let replicas = def.spec.replicas as usize;
         self.remember(def.clone());
-        let result = async {
-            self.apply_all(&def).await?;
-            self.wait_ready(&name, replicas).await
-        }
-        .await;
+        let applied = self.apply_all(&def).await;
+        drop(lock);
+        self.refresh_advertised().await;
+        let result = match applied {
+            Ok(()) => self.wait_ready(&name, replicas).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = result {
-            let _ = self.delete_all(&name).await;
+            let _lock = self.lock(&name).await;
             self.forget(&name);
+            if let Err(cleanup) = self.delete_owned(&name).await {
+                log::error!("{name}: cleaning up after a failed deploy: {cleanup}");
+                return Err(Error::internal(
+                    format!("{e}; cleaning up after it failed too"),
+                    cleanup.to_string(),
+                ));
+            }
             return Err(e);
         }
         Ok(())
     }
 
     async fn update(&self, name: &str, req: DeployRequest) -> Result<()> {
-        let _edit = self.inner.edit.lock().await;
+        let _lock = self.lock(name).await;
         let current = self.get(name).await?;
         let def = req.apply_to(&current, crate::now_ms())?;
+        let holders = self.holders(name).await?;
+        self.refuse_foreign(name, &holders)?;
         // The Deployment rolls its pods (maxUnavailable 0): new ones are ready before old ones go.
         self.apply_all(&def).await?;
+        let mut def = def;
+        def.spec.replicas = current.spec.replicas;
         self.remember(def);
         Ok(())
     }
@@ -359,9 +654,13 @@ impl Runtime for KubeRuntime {
     }
 
     async fn delete(&self, name: &str) -> Result<()> {
-        let _edit = self.inner.edit.lock().await;
+        if objects::validate_name(name).is_err() || name == self.inner.gateway_service {
+            // No function can have that name: nothing to look up, nothing to delete.
+            return Err(Error::NotFound(name.to_string()));
+        }
+        let _lock = self.lock(name).await;
         let known = self.known(name);
-        let found = self.delete_all(name).await?;
+        let found = self.delete_owned(name).await?;
         self.forget(name);
         if known || found {
             Ok(())
@@ -371,24 +670,27 @@ impl Runtime for KubeRuntime {
     }
 
     async fn scale(&self, name: &str, replicas: u32) -> Result<()> {
-        let n = names(name);
-        let api = self.api::<Deployment>().await?;
-        let patch = serde_json::json!({"spec": {"replicas": replicas}});
-        api.patch_scale(
-            &n.deployment,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(kube_err(name))?;
-        let mut defs = self.inner.defs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(def) = defs.get_mut(name) {
-            def.spec.replicas = replicas;
-            if let Some(e) = self.inner.registry.get(name) {
-                e.set_spec(def.spec.clone());
-            }
+        if !self.known(name) {
+            return Err(Error::NotFound(name.to_string()));
         }
-        Ok(())
+        let _lock = self.lock(name).await;
+        self.write_scale(name, replicas, false).await.map(|_| ())
+    }
+
+    async fn scale_up(&self, name: &str, replicas: u32) -> Result<bool> {
+        if !self.known(name) {
+            return Err(Error::NotFound(name.to_string()));
+        }
+        let _lock = self.lock(name).await;
+        self.write_scale(name, replicas, true).await
+    }
+
+    fn advertised_host(&self) -> Option<String> {
+        self.inner
+            .advertised
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     async fn logs(&self, name: &str, tail: usize) -> Result<Vec<String>> {
@@ -398,7 +700,7 @@ impl Runtime for KubeRuntime {
         let n = names(name);
         let pods = self.api::<Pod>().await?;
         let list = pods
-            .list(&ListParams::default().labels(&format!("app={}", n.app)))
+            .list(&ListParams::default().labels(&format!("app={},{SERVICE_ID}={name}", n.app)))
             .await
             .map_err(|e| Error::internal(format!("listing the pods of {name}"), e))?;
         let mut out = Vec::new();

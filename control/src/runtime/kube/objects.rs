@@ -35,8 +35,11 @@ const HOME: &str = "/home/function";
 const TMP: &str = "/tmp";
 const UV_CACHE: &str = "/uv-cache";
 
-/// The names of a function's objects, as the original named them: `service-<uuid>` has
-/// `configmap-<uuid>`, `deployment-<uuid>`, the Service `service-<uuid>` and pods `app: app-<uuid>`.
+/// The names of a function's objects. `service-<uuid>` keeps the original's names
+/// (`configmap-<uuid>`, `deployment-<uuid>`, the Service `service-<uuid>`, pods `app: app-<uuid>`);
+/// any other name `n` has `configmap-n`, `secret-n`, `deployment-n` and the Service `n`. The map
+/// is one-to-one because a bare UUID is not a valid name ([`validate_name`]): `service-foo` and
+/// `foo` own different objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     /// The ConfigMap holding `main.py`.
@@ -47,13 +50,17 @@ pub struct Names {
     pub deployment: String,
     /// The Service (the function's name).
     pub service: String,
-    /// The `app` label of its pods.
+    /// The `app` label of its pods (at most 63 characters, so not unique on its own: selectors
+    /// pair it with [`SERVICE_ID`]).
     pub app: String,
 }
 
 /// Names of the objects of function `name`.
 pub fn names(name: &str) -> Names {
-    let id = name.strip_prefix("service-").unwrap_or(name);
+    let id = match name.strip_prefix("service-") {
+        Some(uuid) if is_uuid(uuid) => uuid,
+        _ => name,
+    };
     let mut app = format!("app-{id}");
     app.truncate(63);
     Names {
@@ -63,6 +70,50 @@ pub fn names(name: &str) -> Names {
         service: name.to_string(),
         app,
     }
+}
+
+/// A lowercase hyphenated UUID (`8-4-4-4-12` hex digits), as `service-<uuid>` names carry.
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// Refuses (400) a name Kubernetes would refuse for the function's Service, a DNS-1035 label: at
+/// most 63 lowercase letters, digits and `-`, starting with a letter and ending with a letter or
+/// digit; and a bare UUID, which names the objects of `service-<uuid>`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+    if !ok {
+        return Err(Error::BadRequest(format!(
+            "invalid function name {name:?} on Kubernetes: its Service needs a DNS-1035 label, \
+             1 to 63 lowercase letters, digits and `-`, starting with a letter and ending with a \
+             letter or digit"
+        )));
+    }
+    if is_uuid(name) {
+        return Err(Error::BadRequest(format!(
+            "invalid function name {name:?}: a bare UUID names the objects of service-{name}; \
+             call it service-{name}"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether an object with these labels was made by us for function `name`.
+pub fn owned_by(labels: Option<&BTreeMap<String, String>>, name: &str) -> bool {
+    labels.is_some_and(|l| {
+        l.get(MANAGED).is_some_and(|v| v == "true") && l.get(SERVICE_ID).is_some_and(|v| v == name)
+    })
 }
 
 fn labels(name: &str) -> serde_json::Value {
@@ -282,18 +333,68 @@ mod tests {
 
     #[test]
     fn names_follow_the_original() {
-        let n = names("service-1234");
-        assert_eq!(n.configmap, "configmap-1234");
-        assert_eq!(n.deployment, "deployment-1234");
-        assert_eq!(n.service, "service-1234");
-        assert_eq!(n.app, "app-1234");
+        let uuid = "0b4e3c1a-9f2d-4e6b-8a7c-1d2e3f4a5b6c";
+        let n = names(&format!("service-{uuid}"));
+        assert_eq!(n.configmap, format!("configmap-{uuid}"));
+        assert_eq!(n.deployment, format!("deployment-{uuid}"));
+        assert_eq!(n.service, format!("service-{uuid}"));
+        assert_eq!(n.app, format!("app-{uuid}"));
         assert_eq!(names("hello").deployment, "deployment-hello");
         assert!(names(&"a".repeat(63)).app.len() <= 63);
     }
 
     #[test]
+    fn names_map_one_to_one() {
+        let uuid = "0b4e3c1a-9f2d-4e6b-8a7c-1d2e3f4a5b6c";
+        let all = [
+            "foo".to_string(),
+            "service-foo".to_string(),
+            "service-service-foo".to_string(),
+            format!("service-{uuid}"),
+            format!("service-service-{uuid}"),
+            format!("x{}", &uuid[1..]),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for n in &all {
+            assert!(validate_name(n).is_ok(), "{n}");
+            let o = names(n);
+            for obj in [o.configmap, o.secret, o.deployment, o.service] {
+                assert!(seen.insert(obj.clone()), "{obj} is shared ({n})");
+            }
+        }
+        assert!(
+            validate_name(uuid).is_err(),
+            "a bare UUID would share service-<uuid>'s objects"
+        );
+    }
+
+    #[test]
+    fn names_kubernetes_refuses_are_refused() {
+        for bad in ["1abc", "-a", "a-", "A", "a_b", "", &"a".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["a", "a1", "a-b", &"a".repeat(63)] {
+            assert!(validate_name(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn ownership_needs_both_labels() {
+        let l = |m: &str, id: &str| {
+            Some(BTreeMap::from([
+                (MANAGED.to_string(), m.to_string()),
+                (SERVICE_ID.to_string(), id.to_string()),
+            ]))
+        };
+        assert!(owned_by(l("true", "f").as_ref(), "f"));
+        assert!(!owned_by(l("true", "g").as_ref(), "f"));
+        assert!(!owned_by(l("false", "f").as_ref(), "f"));
+        assert!(!owned_by(None, "f"));
+    }
+
+    #[test]
     fn every_object_is_labelled() {
-        let d = def("service-1234");
+        let d = def("f1234");
         let cm = configmap(&d, "faas").unwrap();
         let sec = secret(&d, "faas").unwrap();
         let dep = deployment(&d, "faas", &settings()).unwrap();
@@ -301,7 +402,7 @@ mod tests {
         for meta in [&cm.metadata, &sec.metadata, &dep.metadata, &svc.metadata] {
             let l = meta.labels.as_ref().unwrap();
             assert_eq!(l[MANAGED], "true");
-            assert_eq!(l[SERVICE_ID], "service-1234");
+            assert_eq!(l[SERVICE_ID], "f1234");
             assert_eq!(meta.namespace.as_deref(), Some("faas"));
         }
         assert_eq!(cm.data.unwrap()["main.py"], d.script);
@@ -310,7 +411,7 @@ mod tests {
 
     #[test]
     fn the_deployment_runs_the_script_with_uv_on_port_8000() {
-        let d = def("service-1234");
+        let d = def("f1234");
         let dep = deployment(&d, "faas", &settings()).unwrap();
         let spec = dep.spec.unwrap();
         assert_eq!(spec.replicas, Some(2));
@@ -330,7 +431,7 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .name,
-            "secret-1234"
+            "secret-f1234"
         );
         let ready = c
             .readiness_probe
@@ -342,9 +443,9 @@ mod tests {
         assert_eq!(ready.path.as_deref(), Some("/health"));
         assert!(c.startup_probe.is_some() && c.liveness_probe.is_some());
         let labels = spec.template.metadata.unwrap().labels.unwrap();
-        assert_eq!(labels["app"], "app-1234");
+        assert_eq!(labels["app"], "app-f1234");
         let vols = pod.volumes.unwrap();
-        assert_eq!(vols[0].config_map.as_ref().unwrap().name, "configmap-1234");
+        assert_eq!(vols[0].config_map.as_ref().unwrap().name, "configmap-f1234");
         let stored: FunctionSpec =
             serde_json::from_str(&dep.metadata.annotations.unwrap()[SPEC]).unwrap();
         assert_eq!(stored, d.spec);
@@ -426,10 +527,10 @@ mod tests {
 
     #[test]
     fn the_service_maps_80_to_8000() {
-        let svc = service(&def("service-1234").spec, "faas").unwrap();
+        let svc = service(&def("f1234").spec, "faas").unwrap();
         let spec = svc.spec.unwrap();
         assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
         assert_eq!(spec.ports.as_ref().unwrap()[0].port, 80);
-        assert_eq!(spec.selector.unwrap()["app"], "app-1234");
+        assert_eq!(spec.selector.unwrap()["app"], "app-f1234");
     }
 }
