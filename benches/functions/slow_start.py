@@ -22,5 +22,4 @@ class Handler(BaseHTTPRequestHandler):
 
 
 time.sleep(1.0)
-ThreadingHTTPServer.request_queue_size = 2048
 ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()

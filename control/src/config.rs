@@ -59,6 +59,9 @@ pub struct Config {
     pub activation_timeout: Duration,
     /// `FAAS_ACTIVATION_MAX_PENDING`: requests held per function while it starts (503 beyond).
     pub activation_max_pending: usize,
+    /// `FAAS_REPLICA_MAX_INFLIGHT`: requests one replica gets at once when its function sets no
+    /// `max_concurrency` (0: no cap and no slow start).
+    pub replica_max_inflight: usize,
     /// `FAAS_ADMIN_RATE_LIMIT`: admin requests per minute per client IP (429 beyond), as the
     /// original limited them; 0 turns the limit off.
     pub admin_rate_limit: u32,
@@ -71,15 +74,15 @@ pub struct Config {
     pub autoscale_window: Duration,
     /// `FAAS_SCALE_DOWN_DELAY`: how long fewer replicas must suffice before scaling down.
     pub scale_down_delay: Duration,
-    /// How functions run on Kubernetes.
-    pub kube: KubeSettings,
-    /// How functions are confined on the local runtime.
     /// `FAAS_LEADER_LEASE_DURATION`: on Kubernetes, how long the leader's Lease holds without
     /// renewal; a new leader takes over within it when the leader dies (whole seconds, at least 2).
     pub leader_lease_duration: Duration,
     /// `POD_NAME` (the downward API): this gateway replica's name in the Lease and in its
     /// activity reports; empty: the host name.
     pub pod_name: String,
+    /// How functions run on Kubernetes.
+    pub kube: KubeSettings,
+    /// How functions are confined on the local runtime.
     pub sandbox: SandboxSettings,
     /// `FAAS_ZYGOTE`: local replicas are forked from a zygote of their function version that
     /// imported the script's imports (see `runtime::local::zygote`).
@@ -150,17 +153,18 @@ const SETTINGS: &[(&str, &str)] = &[
     ("FAAS_DEPLOY_TIMEOUT", "60s"),
     ("FAAS_ACTIVATION_TIMEOUT", "60s"),
     ("FAAS_ACTIVATION_MAX_PENDING", "1000"),
+    ("FAAS_REPLICA_MAX_INFLIGHT", "64"),
     ("FAAS_ADMIN_RATE_LIMIT", "10"),
     ("FAAS_PIN_THREADS", "true"),
     ("FAAS_UV", "uv"),
     ("FAAS_AUTOSCALE_WINDOW", "10s"),
     ("FAAS_SCALE_DOWN_DELAY", "30s"),
+    ("FAAS_LEADER_LEASE_DURATION", "15s"),
+    ("POD_NAME", ""),
     (
         "FAAS_FUNCTION_IMAGE",
         "ghcr.io/astral-sh/uv:python3.12-alpine",
     ),
-    ("FAAS_LEADER_LEASE_DURATION", "15s"),
-    ("POD_NAME", ""),
     ("FAAS_FUNCTION_HEALTH_PATH", "/health"),
     ("FAAS_FUNCTION_CPU_REQUEST", "50m"),
     ("FAAS_FUNCTION_MEMORY_REQUEST", "64Mi"),
@@ -268,16 +272,12 @@ impl Config {
             deploy_timeout: duration(&get, "FAAS_DEPLOY_TIMEOUT")?,
             activation_timeout: duration(&get, "FAAS_ACTIVATION_TIMEOUT")?,
             activation_max_pending: number(&get, "FAAS_ACTIVATION_MAX_PENDING")?,
+            replica_max_inflight: number(&get, "FAAS_REPLICA_MAX_INFLIGHT")?,
             admin_rate_limit: number(&get, "FAAS_ADMIN_RATE_LIMIT")?,
             pin_threads: flag(&get, "FAAS_PIN_THREADS")?,
             uv: get("FAAS_UV"),
             autoscale_window: duration(&get, "FAAS_AUTOSCALE_WINDOW")?,
             scale_down_delay: duration(&get, "FAAS_SCALE_DOWN_DELAY")?,
-            kube: KubeSettings {
-                image: get("FAAS_FUNCTION_IMAGE"),
-                health_path: get("FAAS_FUNCTION_HEALTH_PATH"),
-                cpu_request: get("FAAS_FUNCTION_CPU_REQUEST"),
-                memory_request: get("FAAS_FUNCTION_MEMORY_REQUEST"),
             leader_lease_duration: match duration(&get, "FAAS_LEADER_LEASE_DURATION")? {
                 d if d < Duration::from_secs(2) => {
                     return Err(invalid(
@@ -289,6 +289,11 @@ impl Config {
                 d => d,
             },
             pod_name: get("POD_NAME"),
+            kube: KubeSettings {
+                image: get("FAAS_FUNCTION_IMAGE"),
+                health_path: get("FAAS_FUNCTION_HEALTH_PATH"),
+                cpu_request: get("FAAS_FUNCTION_CPU_REQUEST"),
+                memory_request: get("FAAS_FUNCTION_MEMORY_REQUEST"),
                 cpu_limit: get("FAAS_FUNCTION_CPU_LIMIT"),
                 memory_limit: get("FAAS_FUNCTION_MEMORY_LIMIT"),
                 uv_cache_pvc: get("FAAS_UV_CACHE_PVC"),

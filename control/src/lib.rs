@@ -6,10 +6,11 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod admission;
 pub mod autoscaler;
 pub mod config;
-pub mod function;
 pub mod controller;
+pub mod function;
 pub mod logbuf;
 pub mod metrics;
 pub mod openapi;
@@ -20,8 +21,8 @@ pub mod registry;
 pub mod replies;
 pub mod runtime;
 pub mod scaler;
-pub mod token;
 pub mod scaling;
+pub mod token;
 
 use std::time::Duration;
 
@@ -38,11 +39,11 @@ pub enum Error {
     /// A function of that name already exists.
     #[error("function {0:?} already exists; update it with PUT /admin/functions/{0}")]
     Conflict(String),
-    /// The script is well-formed but cannot be run: uv could not resolve its dependencies or
     /// The name is taken by something that is not this function's (an object we did not make,
     /// such as the gateway's own Service); the message says what.
     #[error("{0}")]
     Taken(String),
+    /// The script is well-formed but cannot be run: uv could not resolve its dependencies or
     /// find an interpreter, or it exited before it became ready.
     #[error("{0}")]
     Unprocessable(String),

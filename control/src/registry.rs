@@ -11,20 +11,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::{ArcSwap, Guard};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
+use crate::admission::Waiters;
+pub use crate::admission::{Endpoint, Outcome, Ticket};
 use crate::function::FunctionSpec;
 
-/// A ready replica the gateway may send requests to.
-#[derive(Debug)]
-pub struct Endpoint {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// Which replica of its function it is (unique per function while it lives).
-    pub replica: u64,
-    /// Requests being proxied to it now.
-    pub inflight: AtomicUsize,
-}
+/// Requests one replica serves at once when its function sets no `max_concurrency`
+/// (`FAAS_REPLICA_MAX_INFLIGHT`).
+pub const DEFAULT_REPLICA_CAP: usize = 64;
 
 /// What the gateway needs to route to a function; replaced as a whole on every change.
 #[derive(Debug, Clone, Default)]
@@ -40,20 +35,20 @@ pub struct FnEntry {
     /// The function's name.
     pub name: String,
     spec: ArcSwap<FunctionSpec>,
-    /// When a request last started or finished, on the monotonic clock ([`mono_ms`]): a step
-    /// of the wall clock does not make every function look idle.
     route: watch::Sender<RouteState>,
     /// Requests in flight to this function (held ones included).
     pub inflight: AtomicUsize,
     /// Requests held waiting for a replica.
     pub pending: AtomicUsize,
+    /// When a request last started or finished, on the monotonic clock ([`mono_ms`]): a step
+    /// of the wall clock does not make every function look idle.
     last_activity_ms: AtomicU64,
     /// When the pending activation was asked for (ms since the epoch), 0 when none is.
     activating: AtomicU64,
-    /// Requests one replica may serve at once (0: no limit).
-    limit: AtomicUsize,
-    /// Signalled when a limited replica frees a slot.
-    slot_freed: Notify,
+    /// The per-replica cap when the spec sets none.
+    default_cap: usize,
+    /// Requests waiting for a slot, and the per-replica cap ([`crate::admission`]).
+    pub(crate) waiters: Waiters,
     /// Per-function data the gateway attaches (its resolved metric handles), made on first use.
     pub ext: OnceLock<Box<dyn Any + Send + Sync>>,
 }
@@ -80,6 +75,8 @@ struct Inner {
     table: ArcSwap<HashMap<String, Arc<FnEntry>>>,
     edit: Mutex<()>,
     scale_tx: mpsc::UnboundedSender<ScaleRequest>,
+    /// The per-replica cap of functions that set none.
+    default_cap: AtomicUsize,
     /// True once the runtime has brought back the functions of an earlier run.
     restored: watch::Sender<bool>,
 }
@@ -94,6 +91,7 @@ impl Registry {
             table: ArcSwap::from_pointee(HashMap::new()),
             edit: Mutex::new(()),
             scale_tx,
+            default_cap: AtomicUsize::new(DEFAULT_REPLICA_CAP),
             restored: watch::Sender::new(false),
         };
         (
@@ -102,6 +100,19 @@ impl Registry {
             },
             rx,
         )
+    }
+
+    /// Sets the per-replica cap of functions that set no `max_concurrency` (0: none), for the
+    /// functions inserted from now on.
+    pub fn set_default_cap(&self, cap: usize) {
+        self.inner.default_cap.store(cap, Ordering::Relaxed);
+    }
+
+    fn new_entry(&self, spec: FunctionSpec) -> Arc<FnEntry> {
+        Arc::new(FnEntry::new(
+            spec,
+            self.inner.default_cap.load(Ordering::Relaxed),
+        ))
     }
 
     /// Marks the functions of an earlier run as restored (or given up on).
@@ -139,7 +150,7 @@ impl Registry {
             e.set_spec(spec);
             return e.clone();
         }
-        let entry = Arc::new(FnEntry::new(spec));
+        let entry = self.new_entry(spec);
         let mut next = HashMap::clone(&current);
         next.insert(entry.name.clone(), entry.clone());
         self.inner.table.store(Arc::new(next));
@@ -159,7 +170,7 @@ impl Registry {
                     e.clone()
                 }
                 None => {
-                    let e = Arc::new(FnEntry::new(spec));
+                    let e = self.new_entry(spec);
                     next.insert(e.name.clone(), e.clone());
                     e
                 }
@@ -221,7 +232,8 @@ impl std::fmt::Debug for FnEntry {
 // === impl FnEntry ===
 
 impl FnEntry {
-    fn new(spec: FunctionSpec) -> Self {
+    fn new(spec: FunctionSpec, default_cap: usize) -> Self {
+        let cap = spec.max_concurrency.map_or(default_cap, |c| c as usize);
         FnEntry {
             name: spec.name.clone(),
             route: watch::Sender::new(RouteState::default()),
@@ -229,8 +241,8 @@ impl FnEntry {
             pending: AtomicUsize::new(0),
             last_activity_ms: AtomicU64::new(mono_ms()),
             activating: AtomicU64::new(0),
-            limit: AtomicUsize::new(spec.max_concurrency.unwrap_or(0) as usize),
-            slot_freed: Notify::new(),
+            default_cap,
+            waiters: Waiters::new(cap),
             ext: OnceLock::new(),
             spec: ArcSwap::from_pointee(spec),
         }
@@ -243,68 +255,27 @@ impl FnEntry {
 
     /// Replaces the spec.
     pub fn set_spec(&self, spec: FunctionSpec) {
-        let limit = spec.max_concurrency.unwrap_or(0) as usize;
+        let cap = spec
+            .max_concurrency
+            .map_or(self.default_cap, |c| c as usize);
         self.spec.store(Arc::new(spec));
-        self.limit.store(limit, Ordering::Relaxed);
-        self.slot_freed.notify_waiters();
+        self.waiters.cap.store(cap, Ordering::Relaxed);
+        self.grant();
+    }
+
+    /// The route state now (endpoints, last failure).
+    pub(crate) fn route_state(&self) -> watch::Ref<'_, RouteState> {
+        self.route.borrow()
+    }
+
+    /// Requests waiting in line for a slot.
+    pub fn queued(&self) -> usize {
+        self.waiters.len()
     }
 
     /// Watches the route state (endpoints and start failures).
     pub fn subscribe(&self) -> watch::Receiver<RouteState> {
         self.route.subscribe()
-    }
-
-    /// Takes a slot on the ready endpoint with the fewest requests in flight: `None` when there
-    /// is no endpoint, or every endpoint is at the function's concurrency limit. The slot is
-    /// given back with [`FnEntry::release`].
-    pub fn acquire(&self) -> Option<Arc<Endpoint>> {
-        self.acquire_avoiding(None)
-    }
-
-    /// [`FnEntry::acquire`], preferring any endpoint but replica `avoid` (the one a retry just
-    /// failed on) while another is ready.
-    pub fn acquire_avoiding(&self, avoid: Option<u64>) -> Option<Arc<Endpoint>> {
-        let limit = self.limit.load(Ordering::Relaxed);
-        let route = self.route.borrow();
-        let least = || {
-            let key =
-                |e: &&Arc<Endpoint>| (Some(e.replica) == avoid, e.inflight.load(Ordering::Relaxed));
-            route.endpoints.iter().min_by_key(key)
-        };
-        if limit == 0 {
-            let ep = least()?;
-            ep.inflight.fetch_add(1, Ordering::AcqRel);
-            return Some(ep.clone());
-        }
-        // Another request may take the last slot between the look and the take: look again.
-        for _ in 0..8 {
-            let ep = least()?;
-            let n = ep.inflight.load(Ordering::Acquire);
-            if n >= limit {
-                return None;
-            }
-            if ep
-                .inflight
-                .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                return Some(ep.clone());
-            }
-        }
-        None
-    }
-
-    /// Gives back a slot taken with [`FnEntry::acquire`].
-    pub fn release(&self, ep: &Endpoint) {
-        ep.inflight.fetch_sub(1, Ordering::AcqRel);
-        if self.limit.load(Ordering::Relaxed) > 0 {
-            self.slot_freed.notify_one();
-        }
-    }
-
-    /// Resolves when a limited replica frees a slot.
-    pub async fn slot_freed(&self) {
-        self.slot_freed.notified().await
     }
 
     /// Number of ready endpoints.
@@ -326,6 +297,7 @@ impl FnEntry {
             r.endpoints = v.into();
             r.failure = None;
         });
+        self.grant();
     }
 
     /// Replaces the whole set of ready endpoints (a runtime that watches them, e.g. EndpointSlices).
@@ -344,11 +316,10 @@ impl FnEntry {
                 .iter()
                 .map(|a| match r.endpoints.iter().find(|e| e.addr == *a) {
                     Some(e) => e.clone(),
-                    None => Arc::new(Endpoint {
-                        addr: *a,
-                        replica: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                        inflight: AtomicUsize::new(0),
-                    }),
+                    None => Arc::new(Endpoint::new(
+                        *a,
+                        NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                    )),
                 })
                 .collect();
             if !next.is_empty() {
@@ -359,6 +330,7 @@ impl FnEntry {
         });
         if !addrs.is_empty() {
             self.activating.store(0, Ordering::Release);
+            self.grant();
         }
     }
 
@@ -379,13 +351,6 @@ impl FnEntry {
     }
 
     /// Reports that a start failed, waking held requests so that they can fail fast.
-/// Milliseconds since this process started, on the monotonic clock.
-fn mono_ms() -> u64 {
-    static START: std::sync::LazyLock<std::time::Instant> =
-        std::sync::LazyLock::new(std::time::Instant::now);
-    START.elapsed().as_millis() as u64
-}
-
     pub fn publish_failure(&self, why: String) {
         self.activating.store(0, Ordering::Release);
         self.route.send_modify(|r| r.failure = Some(why.into()));
@@ -414,6 +379,13 @@ fn mono_ms() -> u64 {
     }
 }
 
+/// Milliseconds since this process started, on the monotonic clock.
+fn mono_ms() -> u64 {
+    static START: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    START.elapsed().as_millis() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,11 +398,9 @@ mod tests {
     }
 
     fn ep(replica: u64, inflight: usize) -> Arc<Endpoint> {
-        Arc::new(Endpoint {
-            addr: ([127, 0, 0, 1], 1000 + replica as u16).into(),
-            replica,
-            inflight: AtomicUsize::new(inflight),
-        })
+        let ep = Endpoint::new(([127, 0, 0, 1], 1000 + replica as u16).into(), replica);
+        ep.inflight.store(inflight, Ordering::Relaxed);
+        Arc::new(ep)
     }
 
     #[test]
@@ -452,6 +422,7 @@ mod tests {
     #[test]
     fn picks_least_inflight() {
         let (reg, _rx) = Registry::new();
+        reg.set_default_cap(0); // no cap, no slow start: only the balancing
         let e = reg.insert(spec("f"));
         e.add_endpoint(ep(1, 5));
         e.add_endpoint(ep(2, 1));

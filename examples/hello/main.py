@@ -7,9 +7,6 @@ import json
 import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-# socketserver's default listen backlog is 5; a burst of connections would overflow it.
-ThreadingHTTPServer.request_queue_size = 1024
-
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"

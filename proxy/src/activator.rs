@@ -1,10 +1,11 @@
 //! Holding requests for a function that has no free replica while it starts or scales.
 //!
+//! A request that finds no replica with room joins its function's FIFO queue
+//! ([`control::admission`]): freed slots and new replicas are handed to the first in line.
 //! The first held request of a function at zero asks the control side for exactly one
-//! scale-up; every held request then waits on the function's route watch, woken by the runtime
-//! when an endpoint is ready or a start fails, or by a freed slot when the function limits its
-//! concurrency. The wait is bounded in time and in the number of held requests, and a client
-//! that goes away leaves at once.
+//! scale-up; a start that fails wakes every held request through the function's route watch.
+//! The wait is bounded in time and in the number of held requests, and a client that goes
+//! away leaves at once.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -53,12 +54,12 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-/// A slot on a ready endpoint of `entry` (give it back with [`FnEntry::release`]), waiting for
-/// one — and triggering the start when the function has no replica — when none is free.
-/// `client_gone` resolves when the client disconnects.
+/// A slot on a ready endpoint of `entry` (give it back with [`FnEntry::release_with`]),
+/// waiting in the function's FIFO queue — and triggering the start when the function has no
+/// replica — when none is free. `client_gone` resolves when the client disconnects.
 pub async fn acquire(
     registry: &Registry,
-    entry: &FnEntry,
+    entry: &Arc<FnEntry>,
     bounds: Bounds,
     client_gone: impl Future<Output = ()>,
 ) -> Result<Arc<Endpoint>, Refusal> {
@@ -71,36 +72,39 @@ pub async fn acquire(
         return Err(refusal(
             503,
             format!(
-                "function {:?} is starting and already holds {} requests (FAAS_ACTIVATION_MAX_PENDING); retry shortly",
+                "function {:?} holds {} requests already (FAAS_ACTIVATION_MAX_PENDING); retry shortly",
                 entry.name, bounds.max_pending
             ),
             Some(1),
         ));
     }
+    // Seen before joining the queue: a change published from here on wakes the loop below.
     let mut rx = entry.subscribe();
-    if entry.ready() == 0 {
-        registry.request_activation(entry);
-    }
+    rx.borrow_and_update();
+    let mut ticket = entry.enqueue();
     let wait = async {
         loop {
-            if let Some(ep) = entry.acquire() {
-                return Ok(ep);
-            }
-            {
+            let at_zero = {
                 let state = rx.borrow_and_update();
                 if state.endpoints.is_empty() {
                     if let Some(why) = &state.failure {
                         return Err(Some(why.clone()));
                     }
                 }
+                state.endpoints.is_empty()
+            };
+            if at_zero {
+                // At zero, or its replicas went away while we waited (a scale-down): one
+                // activation, however many ask. (Not under the borrow: it writes the route.)
+                registry.request_activation(entry);
             }
             tokio::select! {
+                ep = &mut ticket => return Ok(ep),
                 changed = rx.changed() => if changed.is_err() { return Err(None) },
-                _ = entry.slot_freed() => {}
             }
         }
     };
-    tokio::select! {
+    let result = tokio::select! {
         waited = tokio::time::timeout(bounds.timeout, wait) => match waited {
             Ok(Ok(ep)) => Ok(ep),
             Ok(Err(Some(_))) if registry.get(&entry.name).is_none() => Err(refusal(
@@ -114,7 +118,7 @@ pub async fn acquire(
                 None,
             )),
             Ok(Err(None)) => Err(refusal(404, format!("function {:?} was deleted", entry.name), None)),
-            Err(_) => Err(refusal(
+            Err(_) if entry.ready() == 0 => Err(refusal(
                 504,
                 format!(
                     "function {:?} did not become ready within {:?} (FAAS_ACTIVATION_TIMEOUT)",
@@ -122,9 +126,20 @@ pub async fn acquire(
                 ),
                 None,
             )),
+            Err(_) => Err(refusal(
+                504,
+                format!(
+                    "function {:?} had no replica free within {:?} (FAAS_ACTIVATION_TIMEOUT)",
+                    entry.name, bounds.timeout
+                ),
+                None,
+            )),
         },
         _ = client_gone => Err(refusal(499, "the client went away while held".into(), None)),
-    }
+    };
+    // Leaves the queue; a slot granted in the meantime goes to the next in line.
+    drop(ticket);
+    result
 }
 
 impl Refusal {

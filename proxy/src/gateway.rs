@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use control::admin::{Admin, AdminRequest, AdminResponse};
 use control::config::Config;
-use control::registry::{Endpoint, FnEntry, Registry};
+use control::registry::{Endpoint, FnEntry, Outcome, Registry};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
@@ -131,14 +131,7 @@ impl Gateway {
             let head = (resp.status, resp.content_type, resp.body);
             return crate::streamed::send(session, head, &resp.headers, rest).await;
         }
-        respond::send(
-            session,
-            resp.status,
-            resp.content_type,
-            &resp.headers,
-            resp.body,
-        )
-        .await
+        respond::send(session, resp.status, resp.content_type, &resp.headers, resp.body).await
     }
 
     /// Reads the request body up to the limit; `Err` is the 413 to send.
@@ -183,6 +176,16 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host is refused, as on the
+        // fast path.
+        let req = session.req_header();
+        if req.version == http::Version::HTTP_11 && req.headers.get_all("host").iter().count() != 1
+        {
+            let msg = "an HTTP/1.1 request needs exactly one Host header (RFC 9112 §3.2)";
+            session.set_keepalive(None);
+            respond::error(session, 400, msg, &[]).await?;
+            return Ok(true);
+        }
         let path = session.req_header().uri.path();
         if let Some(route) = routes::split(&self.cfg.path_prefix, path) {
             let mut found = self.registry.get(route.name);
@@ -228,8 +231,9 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "no function chosen");
         };
         // A retry: give back the replica of the failed attempt, and try another one if any.
+        // (Retries come only from `fail_to_connect`: its window shrinks.)
         let failed = ctx.endpoint.take().map(|old| {
-            entry.release(&old);
+            entry.release_with(&old, Outcome::ConnectFailed);
             old.replica
         });
         ctx.attempts += 1;
@@ -360,12 +364,17 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let Some(entry) = ctx.entry.take() else {
             return;
         };
         if let Some(ep) = ctx.endpoint.take() {
-            entry.release(&ep);
+            let outcome = if e.is_none() {
+                Outcome::Answered
+            } else {
+                Outcome::Other
+            };
+            entry.release_with(&ep, outcome);
         }
         entry.inflight.fetch_sub(1, Ordering::AcqRel);
         entry.touch();

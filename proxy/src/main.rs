@@ -90,6 +90,7 @@ fn serve(conf: Option<PathBuf>) -> anyhow::Result<()> {
     server.bootstrap();
 
     let (registry, scale_rx) = Registry::new();
+    registry.set_default_cap(cfg.replica_max_inflight);
     let cluster =
         (cfg.runtime == RuntimeKind::Kubernetes).then(|| KubeRuntime::new(&cfg, registry.clone()));
     let runtime: Arc<dyn Runtime> = match &cluster {

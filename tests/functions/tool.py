@@ -11,9 +11,6 @@ import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-# socketserver's default listen backlog is 5; a burst of connections would overflow it.
-ThreadingHTTPServer.request_queue_size = 1024
-
 VERSION = os.environ.get("VERSION", "v1")
 
 

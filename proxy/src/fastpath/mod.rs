@@ -14,9 +14,12 @@
 //! back (`Stream::rewind`): `/admin`, `/health`, `/metrics`, unknown functions, HTTP/1.0,
 //! upgrades (WebSocket), chunked or large request bodies, `Expect`, h2c, malformed requests.
 
+pub mod chunked;
 pub mod http1;
 mod local;
 pub mod pool;
+pub mod request;
+pub mod response;
 mod threads;
 
 use std::future::Future;
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use control::config::Config;
-use control::registry::{Endpoint, FnEntry, Registry};
+use control::registry::{Endpoint, FnEntry, Outcome, Registry};
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
@@ -88,6 +91,8 @@ struct Conn {
     out: Vec<u8>,
     /// The response as it comes from the function.
     resp: Vec<u8>,
+    /// A response head as the client gets it (normalised).
+    head: Vec<u8>,
     client_ip: String,
     /// Fires when the connection may have been idle for [`CLIENT_TIMEOUT`]; checked against
     /// `active` and pushed back. One timer per connection, not one per read: arming a timer
@@ -140,13 +145,15 @@ struct Request {
     body_len: usize,
     close: bool,
     head_method: bool,
+    idempotent: bool,
 }
 
 /// How an exchange with a replica ended.
 enum Exchange {
     /// The response went to the client; `true`: the client's connection stays open.
     Done { status: u16, keep_client: bool },
-    /// Nothing was sent to the replica: another one may take the request.
+    /// Nothing reached the client, and sending the request again is safe (nothing was sent to
+    /// the replica, or the method is idempotent): another slot may take it.
     ConnectFailed(String),
     /// The replica failed; `sent`: part of the response already went to the client.
     Failed {
@@ -161,6 +168,8 @@ struct Flight<'a> {
     metrics: &'a Metrics,
     entry: &'a FnEntry,
     endpoint: Option<Arc<Endpoint>>,
+    /// How the request ended, for its replica's window.
+    outcome: Outcome,
     code: u16,
     started: Instant,
 }
@@ -197,6 +206,11 @@ impl FastPath {
                 match parsed {
                     Parsed::Partial if c.buf.len() < MAX_HEAD => {}
                     Parsed::Partial | Parsed::Fallback => return Ok(None),
+                    Parsed::Reject(why) => {
+                        let bytes = respond::error_bytes(400, why, &[], false);
+                        let _ = write_flush(&mut c.io, &bytes).await;
+                        return Err(());
+                    }
                     Parsed::Forward(p) => {
                         // Unknown functions (and a registry still being restored) are Pingora's.
                         let Some(entry) = self.registry.get(p.name) else {
@@ -208,6 +222,7 @@ impl FastPath {
                             body_len: p.body_len,
                             close: p.close,
                             head_method: p.head_method,
+                            idempotent: p.idempotent,
                         }));
                     }
                 }
@@ -225,6 +240,7 @@ impl FastPath {
             metrics: &self.metrics,
             entry,
             endpoint: None,
+            outcome: Outcome::Other,
             code: 0,
             started: Instant::now(),
         };
@@ -236,7 +252,7 @@ impl FastPath {
                 Some(ep) => ep,
                 None => {
                     let gone = client_gone(&mut c.io, &mut c.buf);
-                    match activator::acquire(&self.registry, entry, self.bounds, gone).await {
+                    match activator::acquire(&self.registry, &req.entry, self.bounds, gone).await {
                         Ok(ep) => ep,
                         Err(refusal) => {
                             flight.code = refusal.status;
@@ -255,18 +271,20 @@ impl FastPath {
                 }
             };
             flight.endpoint = Some(ep.clone());
-            match self.exchange(c, &ep, req.head_method).await {
+            match self.exchange(c, &ep, req).await {
                 Exchange::Done {
                     status,
                     keep_client,
                 } => {
                     flight.code = status;
+                    flight.outcome = Outcome::Answered;
                     return keep_client;
                 }
                 Exchange::ConnectFailed(why) if attempts < MAX_ATTEMPTS => {
-                    log::debug!("function {:?}: {why}; trying another replica", entry.name);
+                    // Back in line: the replica's window shrinks, the next free slot takes it.
+                    log::debug!("function {:?}: {why}; trying again", entry.name);
                     if let Some(ep) = flight.endpoint.take() {
-                        entry.release(&ep);
+                        entry.release_with(&ep, Outcome::ConnectFailed);
                         failed = Some(ep.replica);
                     }
                 }
@@ -303,8 +321,17 @@ impl FastPath {
     }
 
     /// Sends the request in `c.out` to `ep` and passes the response back to the client.
-    async fn exchange(&self, c: &mut Conn, ep: &Endpoint, head_method: bool) -> Exchange {
+    async fn exchange(&self, c: &mut Conn, ep: &Endpoint, req: &Request) -> Exchange {
         let mut pooled = self.pool.take(ep.replica);
+        // Bytes of a request may have reached the function once written: only an idempotent
+        // request is sent again after that (RFC 9110 §9.2.2), as nginx does.
+        let not_resent = || Exchange::Failed {
+            status: 502,
+            sent: false,
+            why: "it closed the connection without answering (a request that is not \
+                  idempotent is not sent twice)"
+                .into(),
+        };
         loop {
             let reused = pooled.is_some();
             let mut up = match pooled.take() {
@@ -316,21 +343,24 @@ impl FastPath {
             };
             c.resp.clear();
             if let Err(e) = up.write_all(&c.out).await {
-                if reused {
-                    continue;
-                }
-                return Exchange::ConnectFailed(format!("sending the request: {e}"));
-            }
-            match self.relay(c, &mut up, head_method).await {
-                // A pooled connection the replica closed meanwhile: again, on a new one.
-                Err(Relay::Closed) if reused => continue,
-                Err(Relay::Closed) => {
-                    return Exchange::Failed {
-                        status: 502,
-                        sent: false,
-                        why: "it closed the connection without answering".into(),
+                match (req.idempotent, reused) {
+                    (true, true) => continue,
+                    (true, false) => {
+                        return Exchange::ConnectFailed(format!("sending the request: {e}"))
                     }
+                    (false, _) => return not_resent(),
                 }
+            }
+            match self.relay(c, &mut up, req.head_method).await {
+                // A pooled connection the replica closed meanwhile: again, on a new one.
+                Err(Relay::Closed) if reused && req.idempotent => continue,
+                // A new replica that reset the connection before answering: back in line.
+                Err(Relay::Closed) if req.idempotent => {
+                    return Exchange::ConnectFailed(
+                        "it closed the connection without answering".into(),
+                    )
+                }
+                Err(Relay::Closed) => return not_resent(),
                 Err(Relay::Upstream { sent, why, status }) => {
                     return Exchange::Failed { status, sent, why }
                 }
@@ -341,7 +371,9 @@ impl FastPath {
                     }
                 }
                 Ok((status, reusable, keep_client)) => {
-                    if reusable {
+                    // A function may answer without reading a body: unread bytes may follow on
+                    // that connection, to be read as the next request. Never reused then.
+                    if reusable && req.body_len == 0 {
                         self.pool.put(ep.replica, up);
                     }
                     return Exchange::Done {
@@ -369,9 +401,9 @@ impl FastPath {
         };
         // The head, after any informational (1xx) responses.
         let head = loop {
-            match http1::parse_response(&c.resp, head_method) {
+            match http1::parse_response(&c.resp, head_method, &mut c.head) {
                 Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
-                    write_flush(&mut c.io, &c.resp[..h.len])
+                    write_flush(&mut c.io, &c.head)
                         .await
                         .map_err(|_| Relay::Client { status: h.status })?;
                     sent = true;
@@ -397,6 +429,7 @@ impl FastPath {
             };
             match read {
                 Ok(n) if n > 0 => {}
+                // EOF or a reset before the first byte of a response.
                 _ if c.resp.is_empty() && !sent => return Err(Relay::Closed),
                 Ok(_) => return Err(upstream(sent, "it closed the connection mid-response")),
                 Err(e) => return Err(upstream(sent, &format!("reading its response: {e}"))),
@@ -411,8 +444,8 @@ impl FastPath {
             status,
         };
         let mut framing = head.framing;
-        let known_end = !matches!(framing, Framing::UntilClose);
-        let keep_client = known_end && !head.close;
+        // `close`: the function said so, or the body runs until it closes.
+        let keep_client = !head.close;
         let mut reusable = head.keep_alive;
 
         // The head (as HTTP/1.1 when the body's end is known) and the body read with it.
@@ -423,22 +456,9 @@ impl FastPath {
         if end < c.resp.len() {
             reusable = false; // more than the response: do not trust the connection
         }
-        if head.http10 && known_end {
-            // httparse skips empty lines before the status line; so does the rewrite.
-            let at = c
-                .resp
-                .iter()
-                .take_while(|&&b| b == b'\r' || b == b'\n')
-                .count();
-            c.io.write_all(b"HTTP/1.1").await.map_err(client)?;
-            write_flush(&mut c.io, &c.resp[at + 8..end])
-                .await
-                .map_err(client)?;
-        } else {
-            write_flush(&mut c.io, &c.resp[..end])
-                .await
-                .map_err(client)?;
-        }
+        // The head as the client gets it, with the body bytes read along, in one write.
+        c.head.extend_from_slice(&c.resp[body_start..end]);
+        write_flush(&mut c.io, &c.head).await.map_err(client)?;
         // The rest of the body, as it comes.
         while !done {
             c.resp.clear();
@@ -558,6 +578,7 @@ impl FastPath {
             buf: Vec::new(),
             out: Vec::new(),
             resp: Vec::new(),
+            head: Vec::new(),
             client_ip,
             idle: Box::pin(tokio::time::sleep(CLIENT_TIMEOUT)),
             active: Instant::now(),
@@ -582,7 +603,8 @@ impl FastPath {
             // An idle connection keeps small buffers, whatever its last request needed.
             c.out.clear();
             c.resp.clear();
-            for b in [&mut c.buf, &mut c.out, &mut c.resp] {
+            c.head.clear();
+            for b in [&mut c.buf, &mut c.out, &mut c.resp, &mut c.head] {
                 if b.capacity() > READ_CHUNK && b.is_empty() {
                     *b = Vec::new();
                 }
@@ -616,7 +638,7 @@ impl FastPath {
 impl Drop for Flight<'_> {
     fn drop(&mut self) {
         if let Some(ep) = self.endpoint.take() {
-            self.entry.release(&ep);
+            self.entry.release_with(&ep, self.outcome);
         }
         self.entry.inflight.fetch_sub(1, Ordering::AcqRel);
         self.entry.touch();

@@ -7,7 +7,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -148,11 +148,7 @@ async fn supervise(ctx: ReplicaCtx, id: u64, mut stop: watch::Receiver<bool>) {
                     started.elapsed(),
                     path.as_str()
                 );
-                let ep = Arc::new(Endpoint {
-                    addr,
-                    replica: id,
-                    inflight: AtomicUsize::new(0),
-                });
+                let ep = Arc::new(Endpoint::new(addr, id));
                 ctx.entry.add_endpoint(ep.clone());
                 // Phase 2: serving, until exit or stop.
                 tokio::select! {
