@@ -822,6 +822,8 @@ async fn two_gateways_one_leader_deciding_from_both() {
     assert!(scaled, "not scaled to 4:\n{}", leader.log_text());
 
     // The leader dies: the follower leads within the lease duration (4 s), and reaps.
+    assert_eq!(follower.call("/gateway/f/version").await.0, 200);
+    assert_eq!(k.replicas("deployment-f").await, 1);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(leader.pid()),
         nix::sys::signal::Signal::SIGKILL,
@@ -855,7 +857,7 @@ async fn two_gateways_one_leader_deciding_from_both() {
         "the new leader does not reap:\n{}",
         follower.log_text()
     );
-    assert!(follower.metric("faas_reaper_scale_downs_total").await >= 1.0);
+    assert_eq!(follower.metric("faas_reaper_scale_downs_total").await, 1.0);
 }
 
 /// Whether gateway replica `name` says it leads.
