@@ -25,7 +25,7 @@ pub(super) fn content_length(value: &[u8]) -> Option<u64> {
 }
 
 /// Strips optional whitespace (SP and HTAB only, RFC 9110 §5.6.3).
-fn trim_ows(mut v: &[u8]) -> &[u8] {
+pub(super) fn trim_ows(mut v: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = v {
         v = rest;
     }

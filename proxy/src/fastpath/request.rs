@@ -109,9 +109,14 @@ pub fn parse_request<'a>(
                 if n_named == MAX_NOMINATIONS {
                     return Parsed::Reject("the Connection header names too many headers");
                 }
-                if [&b"host"[..], b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto"]
-                    .iter()
-                    .any(|p| token.eq_ignore_ascii_case(p))
+                if [
+                    &b"host"[..],
+                    b"x-forwarded-for",
+                    b"x-forwarded-host",
+                    b"x-forwarded-proto",
+                ]
+                .iter()
+                .any(|p| token.eq_ignore_ascii_case(p))
                 {
                     return Parsed::Reject("the Connection header names a protected header");
                 }
@@ -205,7 +210,10 @@ pub fn parse_request<'a>(
         body_len,
         close,
         head_method: method == "HEAD",
-        idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"),
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ),
     })
 }
 
@@ -254,7 +262,10 @@ mod tests {
         );
         let (p, out) = forward("GET /gateway/f?q HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
         assert!(p.unwrap().3);
-        assert!(out.starts_with("GET /?q HTTP/1.1\r\nHost: h\r\nX-Forwarded-For"), "{out}");
+        assert!(
+            out.starts_with("GET /?q HTTP/1.1\r\nHost: h\r\nX-Forwarded-For"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -265,7 +276,15 @@ mod tests {
              X_Forwarded_For: 6.6.6.6\r\nTransfer_Encoding: chunked\r\nX-Kept: 1\r\n\r\n",
         );
         assert!(p.is_some());
-        for gone in ["Connection", "Keep-Alive", "TE:", "X-Secret", "Proxy-", "X_", "_Enc"] {
+        for gone in [
+            "Connection",
+            "Keep-Alive",
+            "TE:",
+            "X-Secret",
+            "Proxy-",
+            "X_",
+            "_Enc",
+        ] {
             assert!(!out.contains(gone), "{gone} reached the function:\n{out}");
         }
         assert!(out.contains("X-Kept: 1\r\n"));
@@ -282,7 +301,9 @@ mod tests {
     #[test]
     fn host_must_be_there_once() {
         assert!(rejected("GET /gateway/f/ HTTP/1.1\r\n\r\n"));
-        assert!(rejected("GET /gateway/f/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"));
+        assert!(rejected(
+            "GET /gateway/f/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
+        ));
         assert!(rejected(
             "GET /gateway/f/ HTTP/1.1\r\nHost: a\r\nConnection: host\r\n\r\n"
         ));
@@ -292,8 +313,9 @@ mod tests {
     #[test]
     fn lengths_are_digits_only() {
         for cl in ["+5", "5\u{a0}", "0x5", "5 5", "-1", ""] {
-            let raw =
-                format!("POST /gateway/f/ HTTP/1.1\r\nHost: h\r\nContent-Length: {cl}\r\n\r\nhello");
+            let raw = format!(
+                "POST /gateway/f/ HTTP/1.1\r\nHost: h\r\nContent-Length: {cl}\r\n\r\nhello"
+            );
             assert!(forward(&raw).0.is_none(), "took Content-Length {cl:?}");
         }
     }

@@ -6,7 +6,7 @@
 //! the gateway (and read the next response from another function).
 
 use super::chunked::Chunked;
-use super::http1::{content_length, is_hop_by_hop, tokens, Malformed};
+use super::http1::{content_length, is_hop_by_hop, tokens, trim_ows, Malformed};
 
 /// The most headers a response may carry before the larger table is tried.
 const MAX_HEADERS: usize = 64;
@@ -103,10 +103,14 @@ fn parse_response_with<'b>(
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            // The last coding decides: chunked, or (anything else) the body runs until close.
-            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            // Only one `Transfer-Encoding: chunked`. Other codings (gzip, identity, a list)
+            // are refused, as h11 refuses them: a function has no reason to send them, and
+            // each one read differently by some client is a desync.
+            if encoded || !trim_ows(h.value).eq_ignore_ascii_case(b"chunked") {
+                return Err(None);
+            }
             encoded = true;
-            chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            chunked = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in tokens(h.value).filter(|t| !t.is_empty()) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -211,7 +215,8 @@ mod tests {
 
     #[test]
     fn finds_where_a_response_ends() {
-        let head = |raw: &str, head_method| parse_response(raw.as_bytes(), head_method, &mut Vec::new());
+        let head =
+            |raw: &str, head_method| parse_response(raw.as_bytes(), head_method, &mut Vec::new());
         let r = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false)
             .unwrap()
             .unwrap();
@@ -244,11 +249,16 @@ mod tests {
             false
         )
         .is_err());
-        // A coding other than chunked last: the body runs until close.
-        let r = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false)
-            .unwrap()
-            .unwrap();
-        assert_eq!((r.framing, r.keep_alive), (Framing::UntilClose, false));
+        // A coding other than chunked, a list, two headers: refused.
+        for te in [
+            "gzip",
+            "gzip, chunked",
+            "identity",
+            "chunked\r\nTransfer-Encoding: chunked",
+        ] {
+            let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert!(head(&raw, false).is_err(), "{te}");
+        }
         // 1xx and 304 have no body; HTTP/1.0 keeps alive only when it says so.
         let r = head("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", false)
             .unwrap()
@@ -284,7 +294,9 @@ mod tests {
 
     fn client_head(raw: &str) -> String {
         let mut out = Vec::new();
-        parse_response(raw.as_bytes(), false, &mut out).unwrap().unwrap();
+        parse_response(raw.as_bytes(), false, &mut out)
+            .unwrap()
+            .unwrap();
         String::from_utf8(out).unwrap()
     }
 
@@ -292,9 +304,8 @@ mod tests {
     fn the_client_gets_a_normalised_head() {
         // A space before the colon, an obs-fold and bare LF line ends: written as the client
         // must read them, with the framing the gateway followed.
-        let out = client_head(
-            "HTTP/1.1 200 OK\nTransfer-Encoding : chunked\nX-Folded: a\r\n  b\r\n\r\n",
-        );
+        let out =
+            client_head("HTTP/1.1 200 OK\nTransfer-Encoding : chunked\nX-Folded: a\r\n  b\r\n\r\n");
         assert_eq!(
             out,
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Folded: a    b\r\n\r\n"
@@ -312,7 +323,15 @@ mod tests {
 
     #[test]
     fn lengths_are_digits_only() {
-        for cl in ["+5", "5\u{a0}", "0x5", "5 5", "-1", "", "99999999999999999999999"] {
+        for cl in [
+            "+5",
+            "5\u{a0}",
+            "0x5",
+            "5 5",
+            "-1",
+            "",
+            "99999999999999999999999",
+        ] {
             let raw = format!("HTTP/1.1 200 OK\r\nContent-Length: {cl}\r\n\r\nhello");
             assert!(
                 parse_response(raw.as_bytes(), false, &mut Vec::new()).is_err(),

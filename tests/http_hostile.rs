@@ -1,0 +1,145 @@
+//! Hostile bytes from both sides, end to end through the real binary: a raw socket client, and
+//! a function that answers with malformed or forged responses (`tests/functions/misbehaving.py`).
+//! Whatever the function sends, the client gets either a clean HTTP/1.1 response or a 502 — and
+//! never a byte that would make it read the next response from somewhere else.
+
+mod harness;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use harness::Faas;
+
+/// Sends `raw` on a new connection and reads what comes back until the gateway closes it or
+/// goes quiet.
+fn exchange(faas: &Faas, raw: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", faas.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn get(path: &str) -> String {
+    format!("GET /gateway/bad{path} HTTP/1.1\r\nHost: gw\r\n\r\n")
+}
+
+#[tokio::test]
+async fn hostile_responses_are_normalised_or_refused_and_never_desync_the_client() {
+    let faas = Faas::start().await;
+    faas.deploy_ok("bad", "tests/functions/misbehaving.py", "", 1)
+        .await;
+
+    // Quirks a lenient parser takes: written anew, and the connection stays in step (the
+    // request pipelined after it gets its own, real answer).
+    let cases = [
+        (
+            "/space-colon",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ),
+        (
+            "/fold",
+            "HTTP/1.1 200 OK\r\nX-Folded: a    b\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        (
+            "/bare-lf",
+            "HTTP/1.1 200 OK\r\nX-Bare: 1\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        ("/hop", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ];
+    for (path, want) in cases {
+        let got = exchange(&faas, &(get(path) + &get("/echo")));
+        assert!(got.starts_with(want), "{path}: got {got:?}");
+        let second = &got[want.len()..];
+        assert!(
+            second.starts_with("HTTP/1.1 200 OK\r\n") && second.contains("GET /echo HTTP/1.1"),
+            "{path}: the next response is not the next request's: {second:?}"
+        );
+    }
+
+    // Framing nobody may guess at: 502 (or, once the head is out, a closed connection), and
+    // nothing after it.
+    for path in [
+        "/chunk-bare-lf",
+        "/last-chunk-bare-lf",
+        "/cl-plus",
+        "/cl-nbsp",
+        "/te-and-cl",
+    ] {
+        let got = exchange(&faas, &(get(path) + &get("/echo")));
+        let refused = got.starts_with("HTTP/1.1 502 ");
+        let cut = got.starts_with("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(refused || cut, "{path}: got {got:?}");
+        assert!(
+            !got.contains("GET /echo"),
+            "{path}: the connection went on after a broken response: {got:?}"
+        );
+    }
+
+    // A forged second response after a complete one never reaches the next request.
+    let got = exchange(&faas, &(get("/smuggle") + &get("/echo")));
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        "{got:?}"
+    );
+    assert!(
+        !got.contains("forged"),
+        "the forgery reached the client: {got:?}"
+    );
+    assert!(got.contains("GET /echo HTTP/1.1"), "{got:?}");
+    // And not the next client on a pooled connection either.
+    for _ in 0..5 {
+        let got = exchange(&faas, &get("/echo"));
+        assert!(!got.contains("forged"), "{got:?}");
+    }
+}
+
+#[tokio::test]
+async fn hostile_requests_get_400_and_hop_by_hop_headers_stop_at_the_gateway() {
+    let faas = Faas::start().await;
+    faas.deploy_ok("bad", "tests/functions/misbehaving.py", "", 1)
+        .await;
+    // RFC 9112 §3.2, on both paths (HTTP/1.1 with a small body: fast path; chunked: Pingora).
+    for raw in [
+        "GET /gateway/bad/echo HTTP/1.1\r\n\r\n",
+        "GET /gateway/bad/echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "POST /gateway/bad/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST /gateway/bad/echo HTTP/1.1\r\nHost: a\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "GET /gateway/bad/echo HTTP/1.1\r\nHost: a\r\nConnection: Host\r\n\r\n",
+    ] {
+        let got = exchange(&faas, raw);
+        assert!(got.starts_with("HTTP/1.1 400 "), "{raw:?}: {got:?}");
+    }
+    // What the function receives: no hop-by-hop header, none the client named in
+    // Connection, no underscored alias of ours, one Content-Length.
+    let raw = "POST /gateway/bad/echo HTTP/1.1\r\nHost: gw\r\nConnection: keep-alive, X-Secret\r\n\
+               X-Secret: s\r\nKeep-Alive: timeout=9\r\nTE: trailers\r\nProxy-Connection: x\r\n\
+               X_Forwarded_For: 6.6.6.6\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi";
+    let got = exchange(&faas, raw);
+    assert!(got.starts_with("HTTP/1.1 200 OK"), "{got:?}");
+    let seen = got
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "te:",
+        "proxy-connection",
+        "x_forwarded_for",
+    ] {
+        assert!(!seen.contains(gone), "{gone} reached the function: {seen}");
+    }
+    assert_eq!(seen.matches("content-length").count(), 1, "{seen}");
+    assert!(seen.contains("x-forwarded-for: 127.0.0.1"), "{seen}");
+}
