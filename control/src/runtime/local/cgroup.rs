@@ -3,9 +3,15 @@
 //! between fork and exec, so that nothing it starts escapes the limits.
 //!
 //! ```text
-//! v1: /sys/fs/cgroup/{memory,pids}/<our cgroup>/poorman-faas/<replica>
+//! v1: /sys/fs/cgroup/{memory,pids}/<our cgroup>/poorman-faas/<scope>/<replica>
 //! v2: /sys/fs/cgroup/<our cgroup>/gateway            faas itself (moved here to delegate)
-//!     /sys/fs/cgroup/<our cgroup>/poorman-faas/<replica>
+//!     /sys/fs/cgroup/<our cgroup>/poorman-faas/<scope>/<replica>
+//! ```
+//!
+//! `<scope>` names the state directory, so that two `faas` on one machine (with functions of
+//! the same name) never share, or clean up, each other's cgroups.
+//!
+//! ```text
 //! ```
 
 use std::ffi::CString;
@@ -47,7 +53,7 @@ pub struct ReplicaCgroup {
 impl Cgroups {
     /// Finds where this process may make cgroups with memory and pids limits; `Err` says why
     /// it cannot.
-    pub fn detect() -> Result<Self, String> {
+    pub fn detect(scope: &str) -> Result<Self, String> {
         let own = fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
         let root = Path::new("/sys/fs/cgroup");
@@ -56,7 +62,7 @@ impl Cgroups {
                 .lines()
                 .find_map(|l| l.strip_prefix("0::"))
                 .ok_or("no cgroup v2 entry in /proc/self/cgroup")?;
-            return Self::delegate_v2(&root.join(path.trim_start_matches('/')));
+            return Self::delegate_v2(&root.join(path.trim_start_matches('/')), scope);
         }
         let mut parents = Vec::new();
         for controller in ["memory", "pids"] {
@@ -71,7 +77,8 @@ impl Cgroups {
             let parent = root
                 .join(controller)
                 .join(path.trim_start_matches('/'))
-                .join(PARENT);
+                .join(PARENT)
+                .join(scope);
             fs::create_dir_all(&parent)
                 .map_err(|e| format!("creating {}: {e}", parent.display()))?;
             parents.push(parent);
@@ -83,7 +90,7 @@ impl Cgroups {
 
     /// cgroup v2 allows controllers for children only in a cgroup without processes of its
     /// own: move `faas` into `gateway`, then enable memory and pids below.
-    fn delegate_v2(own: &Path) -> Result<Self, String> {
+    fn delegate_v2(own: &Path, scope: &str) -> Result<Self, String> {
         let write = |file: PathBuf, text: &str| {
             fs::write(&file, text).map_err(|e| format!("writing {}: {e}", file.display()))
         };
@@ -97,7 +104,8 @@ impl Cgroups {
             }
         }
         let gateway = own.join("gateway");
-        let parent = own.join(PARENT);
+        let top = own.join(PARENT);
+        let parent = top.join(scope);
         for d in [&gateway, &parent] {
             fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
         }
@@ -106,6 +114,7 @@ impl Cgroups {
             &std::process::id().to_string(),
         )?;
         write(own.join("cgroup.subtree_control"), "+memory +pids")?;
+        write(top.join("cgroup.subtree_control"), "+memory +pids")?;
         write(parent.join("cgroup.subtree_control"), "+memory +pids")?;
         let me = Cgroups {
             parents: vec![parent],
@@ -136,6 +145,13 @@ impl Cgroups {
         let made = (|| {
             for parent in &self.parents {
                 let dir = parent.join(name);
+                if !parent.exists() {
+                    // Removed while empty (by an older faas cleaning up): made again.
+                    fs::create_dir_all(parent)?;
+                    if self.v2 {
+                        let _ = fs::write(parent.join("cgroup.subtree_control"), "+memory +pids");
+                    }
+                }
                 match fs::create_dir(&dir) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}

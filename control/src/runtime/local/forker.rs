@@ -100,7 +100,10 @@ impl Forker {
                 tokio::spawn(self.clone().watch(z.subscribe(), Arc::downgrade(&z)));
                 *current = Some(z);
             }
-            Err(e) => self.turn_off(format!("the zygote could not start: {e}")),
+            Err(e) => {
+                drop(current);
+                self.turn_off(format!("the zygote could not start: {e}"));
+            }
         }
     }
 

@@ -93,7 +93,7 @@ impl Sandbox {
         hidden.sort();
         hidden.dedup();
         let me = Sandbox {
-            cgroups: match Cgroups::detect() {
+            cgroups: match Cgroups::detect(&scope_of(&cfg.state_dir)) {
                 Ok(c) => Some(c),
                 Err(why) => {
                     log::warn!(
@@ -296,6 +296,19 @@ fn resolve(program: &str) -> String {
         .find(|p| p.is_file())
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|| program.to_string())
+}
+
+/// A short name for a state directory (FNV-1a of its path), for its cgroups.
+fn scope_of(state_dir: &Path) -> String {
+    let path = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let hash = path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+        });
+    format!("{hash:016x}")
 }
 
 /// `PATH` inside: the environment's scripts first, then the system's.
