@@ -9,11 +9,21 @@
 //! <state>/run/<name>-r<id>/                 a replica's working directory (emptied at start)
 //! <state>/admin-token                       the generated admin token (0600)
 //! <state>/pids/<pgid>                       process groups of running replicas
+//! <state>/lock                              held (flock) by the one `faas serve` using it
+//! <state>/trash/                            functions being deleted
 //! ```
+//!
+//! Every file is written to a temporary file and renamed into place, and a function exists once
+//! its `spec.json` does; a delete first renames the function's directory into `trash/`. So a
+//! `faas` killed at any moment leaves each function whole or absent; what it left half-done
+//! (temporary files, uncommitted versions, the trash) is cleared by the next [`Store::open`].
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::fcntl::{Flock, FlockArg};
 
 use super::uv::PythonEnv;
 use crate::function::{parse_dot_file, FunctionDef, FunctionSpec};
@@ -23,18 +33,59 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// The lock on the directory, held as long as the store lives.
+    _lock: Arc<Flock<fs::File>>,
 }
 
 impl Store {
-    /// Opens (creating) the state directory.
+    /// Opens (creating) the state directory, locking it: a second `faas serve` on the same
+    /// directory is refused instead of supervising the same functions. Clears what a `faas`
+    /// killed mid-operation left half-done.
     pub fn open(root: &Path) -> Result<Self> {
-        for d in ["functions", "pids"] {
+        for d in ["functions", "pids", "trash"] {
             fs::create_dir_all(root.join(d))
                 .map_err(|e| Error::internal(format!("creating {}", root.join(d).display()), e))?;
         }
-        Ok(Store {
+        let lock = lock(&root.join("lock"))?;
+        let store = Store {
             root: root.to_path_buf(),
-        })
+            _lock: Arc::new(lock),
+        };
+        store.recover();
+        Ok(store)
+    }
+
+    /// Removes the trash, temporary files, functions never committed and versions that are not
+    /// the committed one (an update or a deploy cut short).
+    fn recover(&self) {
+        let _ = fs::remove_dir_all(self.root.join("trash"));
+        let _ = fs::create_dir_all(self.root.join("trash"));
+        let Ok(dir) = fs::read_dir(self.root.join("functions")) else {
+            return;
+        };
+        for ent in dir.flatten() {
+            let fn_dir = ent.path();
+            let name = ent.file_name().to_string_lossy().into_owned();
+            remove_temporaries(&fn_dir);
+            let committed = fs::read(fn_dir.join("spec.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<FunctionSpec>(&b).ok());
+            let Some(spec) = committed else {
+                log::warn!("removing function {name}: its deploy never completed");
+                let _ = fs::remove_dir_all(&fn_dir);
+                continue;
+            };
+            let live = format!("v{}", spec.version);
+            for v in fs::read_dir(&fn_dir).into_iter().flatten().flatten() {
+                let vname = v.file_name().to_string_lossy().into_owned();
+                if v.path().is_dir() && vname != live {
+                    log::info!("removing version {vname} of {name}: not the committed one");
+                    let _ = fs::remove_dir_all(v.path());
+                } else if v.path().is_dir() {
+                    remove_temporaries(&v.path());
+                }
+            }
+        }
     }
 
     fn fn_dir(&self, name: &str) -> PathBuf {
@@ -82,13 +133,20 @@ impl Store {
         let _ = fs::remove_dir_all(self.version_dir(name, version));
     }
 
-    /// Removes a function entirely.
+    /// Removes a function entirely: its directory is first renamed into the trash (at once),
+    /// then removed.
     pub fn remove(&self, name: &str) -> Result<()> {
-        match fs::remove_dir_all(self.fn_dir(name)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::internal(format!("removing function {name}"), e)),
+        let trash = self
+            .root
+            .join("trash")
+            .join(format!("{name}-{}", uuid::Uuid::new_v4()));
+        match fs::rename(self.fn_dir(name), &trash) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::internal(format!("removing function {name}"), e)),
         }
+        fs::remove_dir_all(&trash)
+            .map_err(|e| Error::internal(format!("removing {}", trash.display()), e))
     }
 
     /// Every committed function. Unreadable ones are reported and skipped.
@@ -150,6 +208,46 @@ impl Store {
             let _ = fs::remove_file(ent.path());
         }
         out
+    }
+}
+
+/// Locks `path` for this process (an open file description: forked children without exec are
+/// not a concern, replicas are exec'd with the descriptor closed). Refuses, naming the holder,
+/// when another process holds it.
+fn lock(path: &Path) -> Result<Flock<fs::File>> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::internal(format!("opening {}", path.display()), e))?;
+    let mut locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((mut file, _)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let dir = path.parent().unwrap_or(path).display();
+            return Err(Error::Unavailable(format!(
+                "another faas (pid {}) is serving from the state directory {dir}: stop it, or give \
+                 this one a directory of its own (FAAS_STATE_DIR)",
+                holder.trim()
+            )));
+        }
+    };
+    // The holder's pid, for the message above.
+    let _ = locked.set_len(0);
+    let _ = locked.rewind();
+    let _ = write!(locked, "{}", std::process::id());
+    Ok(locked)
+}
+
+/// Removes the temporary files [`write_atomic`] leaves when it is cut short.
+fn remove_temporaries(dir: &Path) {
+    for ent in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if ent.path().extension().is_some_and(|x| x == "tmp") {
+            let _ = fs::remove_file(ent.path());
+        }
     }
 }
 
