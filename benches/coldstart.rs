@@ -1,11 +1,14 @@
 //! Cold-start benchmark (`just bench-coldstart`). Prints a table and writes it into
 //! `benches/README.md`.
 //!
-//! 1. Cold start from zero through the gateway (replicas sandboxed, the default, and with
-//!    `FAAS_SANDBOX=false`) vs. starting the same stdlib function directly with
-//!    `uv run --script` until it first answers, interleaved in the same run; and the bare cost
-//!    of entering the sandbox (`bwrap … true` against `true`).
-//! 2. A burst of concurrent requests at a function at zero (one that takes a second to start, so
+//! 1. Cold start from zero of `examples/hello` (stdlib) and `examples/echo` (FastAPI), three
+//!    ways interleaved in each round: started directly with `uv run --script` until it first
+//!    answers (the reference), through the gateway forked from the function's zygote (the
+//!    default), and through the gateway with `FAAS_ZYGOTE=false`; and the cost of the sandbox
+//!    (`FAAS_SANDBOX=false` in the same rounds, and bare `bwrap … true` against `true`).
+//! 2. Memory of each warm zygote, and of one replica after 200 requests, forked and started
+//!    directly.
+//! 3. A burst of concurrent requests at a function at zero (one that takes a second to start, so
 //!    that the whole burst is held): successes, activations, and the peak memory of `faas`.
 
 mod common;
@@ -49,10 +52,10 @@ pub async fn deploy(faas: &Faas, name: &str, path: &Path, dot_file: &str, replic
     assert_eq!(status, 200, "deploying {name}: {reply}");
 }
 
-/// Starts the script with `uv run --script` and polls it until it answers; the time it took.
-async fn direct_cold_start(http: &reqwest::Client, script: &Path) -> f64 {
+/// Starts the script with `uv run --script` and polls `path` until it answers; the time it took.
+async fn direct_cold_start(http: &reqwest::Client, script: &Path, path: &str) -> f64 {
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}/");
+    let url = format!("http://127.0.0.1:{port}{path}");
     let started = Instant::now();
     let mut child = tokio::process::Command::new(uv())
         .arg("run")
@@ -105,14 +108,126 @@ fn exec_median(argv: &[String], n: usize) -> f64 {
     percentile(&v, 0.5)
 }
 
-/// One cold start from zero through `faas`, in ms.
-async fn gateway_cold_start(http: &reqwest::Client, faas: &Faas) -> f64 {
-    scale_to_zero(faas, "hello").await;
+/// One cold start of `name` from zero through `faas`, GET `path` until the answer, in ms.
+async fn gateway_cold_start(http: &reqwest::Client, faas: &Faas, name: &str, path: &str) -> f64 {
+    scale_to_zero(faas, name).await;
     let started = Instant::now();
-    let r = http.get(faas.url("/gateway/hello/")).send().await.unwrap();
+    let r = http
+        .get(faas.url(&format!("/gateway/{name}{path}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let _ = r.bytes().await;
     started.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Waits until the function's zygote is warm; its status.
+async fn zygote_warm(faas: &Faas, name: &str) -> serde_json::Value {
+    for _ in 0..600 {
+        let z = faas.status(name, "zygote").await;
+        if z["state"] == "warm" {
+            return z;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the zygote of {name} did not get warm: {}", faas.log_text());
+}
+
+/// `Rss` and `Pss` of `/proc/<pid>/smaps_rollup`, and its private pages (USS), in KiB.
+fn smaps(pid: i32) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let f = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        f("Rss:"),
+        f("Pss:"),
+        f("Private_Clean:") + f("Private_Dirty:"),
+    )
+}
+
+/// The Python process serving `faas`'s only replica of a function: a child of the zygote
+/// `zygote`, or (without one) a process running the script whose parent is not Python.
+fn replica_pid(faas: &Faas, zygote: Option<i32>) -> i32 {
+    let state = faas.state.to_string_lossy().into_owned();
+    for ent in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let ppid: i32 = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        let python = cmd.split('\0').next().unwrap_or("").ends_with("/python");
+        match zygote {
+            Some(z) if ppid == z => return pid,
+            None if python && cmd.contains(&state) && !cmd.contains("\0-c\0") => return pid,
+            _ => {}
+        }
+    }
+    panic!("no replica process found");
+}
+
+/// Memory (KiB: RSS, PSS, USS) of the function's one replica after 200 requests.
+async fn replica_memory(
+    faas: &Faas,
+    name: &str,
+    path: &str,
+    zygote: Option<i32>,
+) -> (u64, u64, u64) {
+    scale_to_zero(faas, name).await;
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        let r = http
+            .get(faas.url(&format!("/gateway/{name}{path}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await;
+    }
+    smaps(replica_pid(faas, zygote))
+}
+
+/// Median, p95, and as a line of the table.
+struct Way {
+    label: String,
+    times: Vec<f64>,
+}
+
+impl Way {
+    fn new(label: &str) -> Self {
+        Way {
+            label: label.to_string(),
+            times: Vec::new(),
+        }
+    }
+
+    fn median(&self) -> f64 {
+        stats(self.times.clone()).0
+    }
+
+    fn row(&self, reference: f64) -> String {
+        let (m, p95) = stats(self.times.clone());
+        format!(
+            "| {} | {m:.1} ms | {p95:.1} ms | {:.2}× | {:.1}× |\n",
+            self.label,
+            m / reference,
+            reference / m
+        )
+    }
 }
 
 #[tokio::main]
@@ -120,16 +235,16 @@ async fn main() {
     let iterations = env_num("BENCH_ITERATIONS", 20);
     let burst = env_num("BENCH_BURST", 1000);
     let hello = repo().join("examples/hello/main.py");
-    let faas = Faas::start_with(&[
-        ("FAAS_ACTIVATION_MAX_PENDING", "5000"),
-        ("REAPER_TIME_TO_LIVE", "1h"),
-        ("LOG_LEVEL", "warn"),
-    ])
-    .await;
+    let echo = repo().join("examples/echo/main.py");
+    let quiet = [("REAPER_TIME_TO_LIVE", "1h"), ("LOG_LEVEL", "warn")];
+    let faas =
+        Faas::start_with(&[quiet[0], quiet[1], ("FAAS_ACTIVATION_MAX_PENDING", "5000")]).await;
+    let off = Faas::start_with(&[quiet[0], quiet[1], ("FAAS_ZYGOTE", "false")]).await;
     let plain = Faas::start_with(&[
+        quiet[0],
+        quiet[1],
+        ("FAAS_ZYGOTE", "false"),
         ("FAAS_SANDBOX", "false"),
-        ("REAPER_TIME_TO_LIVE", "1h"),
-        ("LOG_LEVEL", "warn"),
     ])
     .await;
     let http = reqwest::Client::builder()
@@ -137,39 +252,81 @@ async fn main() {
         .build()
         .unwrap();
 
-    eprintln!(
-        "== cold start: {iterations} rounds, each: gateway from zero (sandboxed), gateway from \
-         zero (FAAS_SANDBOX=false), direct `uv run`"
-    );
-    deploy(&faas, "hello", &hello, "", 1).await;
+    // (name, script, path that answers 200)
+    let functions = [("hello", &hello, "/"), ("echo", &echo, "/health")];
+    for (name, script, _) in functions {
+        deploy(&faas, name, script, "", 1).await;
+        deploy(&off, name, script, "", 1).await;
+        zygote_warm(&faas, name).await;
+    }
     deploy(&plain, "hello", &hello, "", 1).await;
-    let (mut gateway, mut unsandboxed, mut direct) = (Vec::new(), Vec::new(), Vec::new());
+
+    eprintln!(
+        "== cold start: {iterations} rounds, each, for hello and echo: gateway from zero with the \
+         zygote, gateway from zero with FAAS_ZYGOTE=false, direct `uv run`; and hello with \
+         FAAS_ZYGOTE=false FAAS_SANDBOX=false"
+    );
+    let mut ways: Vec<[Way; 3]> = functions
+        .iter()
+        .map(|_| {
+            [
+                Way::new("direct: `uv run --script` until it first answers (the reference)"),
+                Way::new("through the gateway from zero, forked from the zygote (the default)"),
+                Way::new("through the gateway from zero, `FAAS_ZYGOTE=false`"),
+            ]
+        })
+        .collect();
+    let mut unsandboxed = Vec::new();
     for i in 0..iterations {
-        gateway.push(gateway_cold_start(&http, &faas).await);
-        unsandboxed.push(gateway_cold_start(&http, &plain).await);
-        direct.push(direct_cold_start(&http, &hello).await);
-        eprintln!(
-            "   round {:>2}/{iterations}: gateway {:>6.1} ms, unsandboxed {:>6.1} ms, direct {:>6.1} ms",
-            i + 1,
-            gateway[i],
-            unsandboxed[i],
-            direct[i]
-        );
+        for (f, (name, script, path)) in functions.iter().enumerate() {
+            let z = gateway_cold_start(&http, &faas, name, path).await;
+            let o = gateway_cold_start(&http, &off, name, path).await;
+            let d = direct_cold_start(&http, script, path).await;
+            ways[f][0].times.push(d);
+            ways[f][1].times.push(z);
+            ways[f][2].times.push(o);
+            eprintln!(
+                "   round {:>2}/{iterations} {name:>5}: zygote {z:>6.1} ms, no zygote {o:>6.1} ms, \
+                 uv run {d:>6.1} ms",
+                i + 1
+            );
+        }
+        unsandboxed.push(gateway_cold_start(&http, &plain, "hello", "/").await);
     }
     drop(plain);
-    // The rounds alternate the ways, so each pair shares the machine's momentary state: the
-    // median of the paired differences is the overhead's robust estimate.
-    let paired: Vec<f64> = gateway.iter().zip(&direct).map(|(g, d)| g - d).collect();
-    let sandbox_paired: Vec<f64> = gateway
+    let sandbox_paired: Vec<f64> = ways[0][2]
+        .times
         .iter()
         .zip(&unsandboxed)
-        .map(|(g, u)| g - u)
+        .map(|(s, u)| s - u)
         .collect();
-    let (o50, o95) = stats(paired);
     let (s50, s95) = stats(sandbox_paired);
-    let (g50, g95) = stats(gateway);
     let (u50, u95) = stats(unsandboxed);
-    let (d50, d95) = stats(direct);
+
+    // Memory: each warm zygote; one replica of echo after 200 requests, forked and direct.
+    let mut memory = String::new();
+    for (name, _, path) in functions {
+        let z = zygote_warm(&faas, name).await;
+        let zpid = z["pid"].as_i64().unwrap() as i32;
+        let (zr, zp, zu) = smaps(zpid);
+        let (cr, cp, cu) = replica_memory(&faas, name, path, Some(zpid)).await;
+        let (dr, dp, du) = replica_memory(&off, name, path, None).await;
+        memory += &format!(
+            "| `{name}`: warm zygote | {:.1} MiB | {:.1} MiB | {:.1} MiB |\n\
+             | `{name}`: forked replica after 200 requests | {:.1} MiB | {:.1} MiB | {:.1} MiB |\n\
+             | `{name}`: directly started replica after 200 requests | {:.1} MiB | {:.1} MiB | {:.1} MiB |\n",
+            zr as f64 / 1024.0,
+            zp as f64 / 1024.0,
+            zu as f64 / 1024.0,
+            cr as f64 / 1024.0,
+            cp as f64 / 1024.0,
+            cu as f64 / 1024.0,
+            dr as f64 / 1024.0,
+            dp as f64 / 1024.0,
+            du as f64 / 1024.0,
+        );
+    }
+    drop(off);
 
     // The sandbox alone: bubblewrap with the namespaces and mounts a replica gets, running
     // `true`, against `true`.
@@ -260,17 +417,32 @@ async fn main() {
     let per_held = (held_rss.saturating_sub(baseline)) as f64 * 1024.0 / peak_held.max(1) as f64;
 
     let machine = machine();
+    let mut cold = String::new();
+    for (f, (name, _, _)) in functions.iter().enumerate() {
+        let what = if *name == "hello" {
+            "`examples/hello` (stdlib)"
+        } else {
+            "`examples/echo` (FastAPI)"
+        };
+        cold += &format!(
+            "| cold start of {what} | median | p95 | ÷ `uv run` | `uv run` ÷ |\n|---|---:|---:|---:|---:|\n"
+        );
+        let reference = ways[f][0].median();
+        for w in &ways[f] {
+            cold += &w.row(reference);
+        }
+        cold += "\n";
+    }
     let table = format!(
-        "Machine: {machine}\n\n\
-         | cold start of `examples/hello` (stdlib) | median | p95 |\n\
+        "Machine: {machine}\n\n{cold}\
+         | sandbox (`examples/hello`, without the zygote) | median | p95 |\n\
          |---|---:|---:|\n\
-         | direct: `uv run --script` until it first answers | {d50:.1} ms | {d95:.1} ms |\n\
-         | through the gateway from zero replicas (sandboxed, the default) | {g50:.1} ms | {g95:.1} ms |\n\
-         | through the gateway from zero replicas, `FAAS_SANDBOX=false` | {u50:.1} ms | {u95:.1} ms |\n\
+         | through the gateway from zero, `FAAS_ZYGOTE=false FAAS_SANDBOX=false` | {u50:.1} ms | {u95:.1} ms |\n\
          | sandbox: paired, sandboxed minus unsandboxed in the same round | {s50:.1} ms | {s95:.1} ms |\n\
-         | sandbox alone: `bwrap … true` minus `true` ({runs} runs each, median) | {:.2} ms | |\n\
-         | overhead: difference of the medians above | {:.1} ms | {:.1} ms |\n\
-         | overhead: paired, gateway minus direct in the same round | {o50:.1} ms | {o95:.1} ms |\n\n\
+         | sandbox alone: `bwrap … true` minus `true` ({runs} runs each, median) | {:.2} ms | |\n\n\
+         | memory (`/proc/<pid>/smaps_rollup`) | RSS | PSS | private (USS) |\n\
+         |---|---:|---:|---:|\n\
+         {memory}\n\
          | burst at a function at zero (1 s start) | result |\n\
          |---|---:|\n\
          | requests | {burst} |\n\
@@ -281,8 +453,6 @@ async fn main() {
          | `faas` RSS before → peak while held → peak forwarding | {:.1} → {:.1} → {:.1} MiB |\n\
          | memory per held request | {:.1} KiB |\n",
         bwrap_ms - true_ms,
-        g50 - d50,
-        g95 - d95,
         ok as f64 * 100.0 / burst as f64,
         burst_took.as_secs_f64(),
         baseline as f64 / 1024.0,
@@ -291,13 +461,14 @@ async fn main() {
         per_held / 1024.0,
     );
     println!("\n{table}");
+    let (hz, ez) = (ways[0][1].median(), ways[1][1].median());
     println!(
-        "targets: overhead <= 10 ms median (paired): {}; sandbox <= 5 ms (bare): {}; stdlib cold \
-         start <= 150 ms median: {}; 100 % success: {}; one activation: {}; <= 16 KiB per held \
-         request: {}",
-        verdict(o50 <= 10.0),
-        verdict(bwrap_ms - true_ms <= 5.0),
-        verdict(g50 <= 150.0),
+        "targets: stdlib from zero <= 10 ms median: {}; FastAPI from zero <= 30 ms median: {}; \
+         FastAPI >= 10x faster than uv run: {}; 100 % success: {}; one activation: {}; \
+         <= 16 KiB per held request: {}",
+        verdict(hz <= 10.0),
+        verdict(ez <= 30.0),
+        verdict(ways[1][0].median() / ez >= 10.0),
         verdict(ok == burst),
         verdict(activations == 1.0),
         verdict(per_held <= 16.0 * 1024.0),

@@ -7,6 +7,7 @@
 # `__main__`. Everything it sends is checked by faas: it runs the function's imports, which are
 # the function's code.
 import ast
+import builtins
 import ctypes
 import gc
 import importlib
@@ -19,9 +20,12 @@ import struct
 import sys
 import time
 import traceback
+import types
 
 CONTROL_FD = 3
 SCRIPT = sys.argv[1]
+LIBC = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
 # What libraries load lazily on their first request or at server start, imported here when the
 # library itself is imported by the script. Each one is optional.
 WARM = {
@@ -147,12 +151,12 @@ def rss_kib():
     return 0
 
 
-def child(req, chan, logw, ctl, wake):
+def child(req, code, chan, logw, ctl, wake):
     """In the forked child: become a replica, then run the script as `__main__`."""
     zygote = os.getppid()
     os.setsid()
     # Die with the zygote (faas kills the zygote's whole sandbox, or the zygote itself).
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != zygote:
         os._exit(1)
     signal.set_wakeup_fd(-1)
@@ -188,15 +192,18 @@ def child(req, chan, logw, ctl, wake):
     if aio is not None:
         aio.events._set_running_loop(None)
         aio.set_event_loop_policy(None)
-    gc.unfreeze()
+    # As `python script.py` runs it: a fresh `__main__` (the script compiled once, in the zygote).
+    main = types.ModuleType("__main__")
+    main.__file__ = SCRIPT
+    main.__builtins__ = builtins
+    main.__cached__ = None
+    sys.modules["__main__"] = main
     sys.argv = [SCRIPT]
-    import runpy
-
-    runpy.run_path(SCRIPT, run_name="__main__")
+    exec(code, main.__dict__)
     sys.exit(0)
 
 
-def fork(req, fds, ctl, wake, children):
+def fork(req, code, fds, ctl, wake, children):
     if len(fds) != 2:
         for fd in fds:
             os.close(fd)
@@ -212,13 +219,14 @@ def fork(req, fds, ctl, wake, children):
             send(ctl, {"op": "refused", "id": req["id"],
                        "why": f"threads are alive in the zygote: {', '.join(alive)}"})
             return
+    os.set_inheritable(chan_fd, False)
     chan = socket.socket(fileno=chan_fd)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         try:
-            child(req, chan, logw, ctl, wake)
+            child(req, code, chan, logw, ctl, wake)
         except SystemExit:
             raise
         except BaseException:
@@ -251,6 +259,7 @@ def main():
     try:
         with open(SCRIPT, "rb") as f:
             tree = ast.parse(f.read(), SCRIPT)
+        code = compile(tree, SCRIPT, "exec")
         import_all(imports_of(tree))
         warm()
         alive = join_threads(1.0)
@@ -287,7 +296,7 @@ def main():
                 return  # faas is gone
             req = json.loads(msg)
             if req.get("op") == "fork":
-                fork(req, fds, ctl, wake, children)
+                fork(req, code, fds, ctl, wake, children)
             else:
                 for fd in fds:
                     os.close(fd)
