@@ -379,7 +379,7 @@ async fn keep_alive_pipelining_and_bodies_small_large_and_chunked_pass_intact() 
         "/third"
     );
 
-    // Request bodies: small (the fast path), large and chunked (Pingora's proxy).
+    // Request bodies: small and small chunked (the fast path), large (Pingora's proxy).
     let pattern = |n: usize| (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
     let sum = |b: &[u8]| b.iter().map(|&x| x as u64).sum::<u64>() % (1 << 32);
     // The function's length and byte sum of what it received.
@@ -406,7 +406,9 @@ async fn keep_alive_pipelining_and_bodies_small_large_and_chunked_pass_intact() 
         chunks,
     )))
     .await;
-    assert_eq!(v["chunked"], true);
+    // Decoded by the gateway and sent with a Content-Length, as nginx does: a function
+    // without chunked request support (Python's http.server) reads it.
+    assert_eq!(v["chunked"], false);
     assert_eq!(
         (v["len"].as_u64(), v["sum"].as_u64()),
         (Some(50_000), Some(sum(&pattern(5000)) * 10 % (1 << 32)))

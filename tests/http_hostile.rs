@@ -143,3 +143,28 @@ async fn hostile_requests_get_400_and_hop_by_hop_headers_stop_at_the_gateway() {
     assert_eq!(seen.matches("content-length").count(), 1, "{seen}");
     assert!(seen.contains("x-forwarded-for: 127.0.0.1"), "{seen}");
 }
+
+#[tokio::test]
+async fn a_client_leaving_mid_response_frees_the_slot_and_the_functions_connection_at_once() {
+    let faas = Faas::start().await;
+    faas.deploy_ok("sse", "tests/functions/tool.py", "", 1)
+        .await;
+    let mut s = TcpStream::connect(("127.0.0.1", faas.port)).unwrap();
+    s.write_all(b"GET /gateway/sse/events HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 256];
+    let n = s.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200 OK"));
+    assert_eq!(faas.status("sse", "inflight").await, 1);
+    drop(s); // the stream runs for 2 s more
+    let left = std::time::Instant::now();
+    assert!(
+        faas.wait_status("sse", "inflight", Duration::from_secs(5), |v| v == 0)
+            .await
+    );
+    assert!(
+        left.elapsed() < Duration::from_millis(1500),
+        "the slot was held until the function finished ({:?})",
+        left.elapsed()
+    );
+}

@@ -43,11 +43,21 @@ pub struct Ctx {
     /// Attempts at connecting, to bound retries.
     attempts: u8,
     started: Option<Instant>,
+    /// A chunked request body read whole (Pingora replays it from its retry buffer): its
+    /// length, sent as `Content-Length` instead of the chunks.
+    dechunked: Option<usize>,
 }
+
+/// Chunked request bodies up to this size reach a function with a `Content-Length` (as nginx
+/// buffers them), on both paths; Pingora's retry buffer, which replays it, holds as much.
+pub const MAX_CHUNKED_BODY: usize = 64 * 1024;
 
 /// Connection attempts per request (a replica may die between pick and connect); the fast path
 /// allows as many.
 pub const MAX_ATTEMPTS: u8 = 3;
+
+/// How long connecting to a replica may take, on both paths.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Gateway {
     /// A gateway over a registry, with its admin API and metrics.
@@ -131,7 +141,14 @@ impl Gateway {
             let head = (resp.status, resp.content_type, resp.body);
             return crate::streamed::send(session, head, &resp.headers, rest).await;
         }
-        respond::send(session, resp.status, resp.content_type, &resp.headers, resp.body).await
+        respond::send(
+            session,
+            resp.status,
+            resp.content_type,
+            &resp.headers,
+            resp.body,
+        )
+        .await
     }
 
     /// Reads the request body up to the limit; `Err` is the 413 to send.
@@ -203,6 +220,25 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             };
             ctx.rest_at = path.len() - route.rest.len();
+            if is_chunked(session.req_header()) {
+                // Read it whole, so that a server without chunked request support (Python's
+                // http.server) gets it with a length.
+                session.enable_retry_buffering();
+                let mut total = 0;
+                while let Some(chunk) = session.read_request_body().await? {
+                    total += chunk.len();
+                    if total > MAX_CHUNKED_BODY {
+                        let msg = format!(
+                            "a chunked request body may be at most {MAX_CHUNKED_BODY} bytes; \
+                             send a larger one with a Content-Length"
+                        );
+                        session.set_keepalive(None);
+                        respond::error(session, 413, &msg, &[]).await?;
+                        return Ok(true);
+                    }
+                }
+                ctx.dechunked = Some(total);
+            }
             ctx.started = Some(Instant::now());
             entry.inflight.fetch_add(1, Ordering::AcqRel);
             ctx.entry = Some(entry);
@@ -263,7 +299,9 @@ impl ProxyHttp for Gateway {
                 }
             }
         };
-        let peer = HttpPeer::new(ep.addr, false, String::new());
+        let mut peer = HttpPeer::new(ep.addr, false, String::new());
+        // A pod address that went silent fails in seconds, not after the kernel's ~2 min.
+        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
         ctx.endpoint = Some(ep);
         Ok(Box::new(peer))
     }
@@ -301,8 +339,17 @@ impl ProxyHttp for Gateway {
             upstream.insert_header("X-Forwarded-For", xff)?;
         }
         upstream.insert_header("X-Forwarded-Proto", "http")?;
+        // The client's own is never passed on, with or without a Host (as on the fast path).
+        upstream.remove_header("X-Forwarded-Host");
         if let Some(h) = host {
             upstream.insert_header("X-Forwarded-Host", h)?;
+        }
+        if let Some(n) = ctx.dechunked {
+            upstream.remove_header("Transfer-Encoding");
+            upstream.insert_header("Content-Length", n.to_string())?;
+        }
+        for name in underscored(upstream) {
+            upstream.remove_header(&name);
         }
         upstream.insert_header("X-Forwarded-Prefix", prefix)?;
         Ok(())
@@ -344,6 +391,14 @@ impl ProxyHttp for Gateway {
                 },
             },
         };
+        if session.response_written().is_some() {
+            // The head went out: the client learns of the failure by the connection closing,
+            // never by an error appended to a body it would take as the function's.
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
         if code == 499 {
             // The client is gone: nothing to write.
             return FailToProxy {
@@ -385,6 +440,22 @@ impl ProxyHttp for Gateway {
         let seconds = ctx.started.map(|t| t.elapsed().as_secs_f64());
         self.metrics.observe(&entry.ext, &entry.name, code, seconds);
     }
+}
+
+/// Whether the request's body is chunked (one `Transfer-Encoding: chunked`).
+fn is_chunked(req: &RequestHeader) -> bool {
+    let mut te = req.headers.get_all("transfer-encoding").iter();
+    matches!((te.next(), te.next()), (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Header names holding `_`: dropped, as nginx drops them (they could alias ours through a
+/// server that maps `-` to `_`), as on the fast path.
+fn underscored(req: &RequestHeader) -> Vec<http::HeaderName> {
+    req.headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .cloned()
+        .collect()
 }
 
 /// Whether a request carries a body (`Content-Length` above zero, or chunked).

@@ -150,6 +150,34 @@ impl Chunked {
     }
 }
 
+/// Decodes a whole chunked body (as [`Chunked`] found it) into `out`: the data of its chunks,
+/// without sizes, extensions or trailers.
+pub fn decode(body: &[u8], out: &mut Vec<u8>) -> Result<(), Malformed> {
+    let mut rest = body;
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or(Malformed)?;
+        let size_part = &rest[..line_end];
+        let digits = size_part
+            .iter()
+            .take_while(|b| b.is_ascii_hexdigit())
+            .count();
+        let size = std::str::from_utf8(&size_part[..digits])
+            .ok()
+            .and_then(|h| usize::from_str_radix(h, 16).ok())
+            .ok_or(Malformed)?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Ok(()); // trailers are not forwarded
+        }
+        let data = rest.get(..size).ok_or(Malformed)?;
+        out.extend_from_slice(data);
+        rest = rest.get(size + 2..).ok_or(Malformed)?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +233,15 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn decodes_what_it_followed() {
+        let body = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nT: x\r\n\r\n";
+        let mut c = Chunked::default();
+        assert_eq!(c.feed(body).unwrap(), body.len());
+        let mut out = Vec::new();
+        decode(body, &mut out).unwrap();
+        assert_eq!(out, b"hello world");
     }
 }

@@ -42,7 +42,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::activator::{self, Bounds};
-use crate::gateway::{Gateway, MAX_ATTEMPTS};
+use crate::gateway::{Gateway, CONNECT_TIMEOUT, MAX_ATTEMPTS, MAX_CHUNKED_BODY};
 use crate::metrics::Metrics;
 use crate::respond;
 use http1::{Framing, Parsed};
@@ -61,8 +61,6 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 64 * 1024;
 /// How long a client's connection may sit idle between requests, or send a request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long connecting to a replica may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections to a replica older than this are not reused (below uvicorn's 5 s).
 const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
 /// Idle connections kept per replica.
@@ -146,6 +144,8 @@ struct Request {
     close: bool,
     head_method: bool,
     idempotent: bool,
+    /// A chunked body follows the head (decoded before forwarding).
+    chunked: bool,
 }
 
 /// How an exchange with a replica ended.
@@ -223,6 +223,7 @@ impl FastPath {
                             close: p.close,
                             head_method: p.head_method,
                             idempotent: p.idempotent,
+                            chunked: p.chunked,
                         }));
                     }
                 }
@@ -373,7 +374,7 @@ impl FastPath {
                 Ok((status, reusable, keep_client)) => {
                     // A function may answer without reading a body: unread bytes may follow on
                     // that connection, to be read as the next request. Never reused then.
-                    if reusable && req.body_len == 0 {
+                    if reusable && req.body_len == 0 && !req.chunked {
                         self.pool.put(ep.replica, up);
                     }
                     return Exchange::Done {
@@ -463,7 +464,14 @@ impl FastPath {
         while !done {
             c.resp.clear();
             c.resp.reserve(BODY_CHUNK);
-            let n = match up.read_buf(&mut c.resp).await {
+            // A client that goes away mid-response (an event stream it stops reading) ends
+            // the exchange at once: the function's connection closes, its slot is freed.
+            let read = tokio::select! {
+                biased;
+                r = up.read_buf(&mut c.resp) => r,
+                _ = client_gone(&mut c.io, &mut c.buf) => return Err(Relay::Client { status }),
+            };
+            let n = match read {
                 Ok(n) => n,
                 Err(e) => return Err(midway(&format!("reading its response: {e}"))),
             };
@@ -591,13 +599,21 @@ impl FastPath {
                 Ok(None) => return self.fall_back(c, shutdown).await,
                 Err(()) => return None,
             };
-            // The body, whole (it is small: larger ones went to Pingora).
-            let len = req.head_len + req.body_len;
-            while c.buf.len() < len {
-                c.read_more().await.ok()?;
+            // The body, whole (it is small: larger ones go to Pingora).
+            if req.chunked {
+                match self.read_chunked(&mut c, req.head_len).await {
+                    Ok(true) => {}
+                    Ok(false) => return self.fall_back(c, shutdown).await,
+                    Err(()) => return None,
+                }
+            } else {
+                let len = req.head_len + req.body_len;
+                while c.buf.len() < len {
+                    c.read_more().await.ok()?;
+                }
+                c.out.extend_from_slice(&c.buf[req.head_len..len]);
+                c.buf.drain(..len);
             }
-            c.out.extend_from_slice(&c.buf[req.head_len..len]);
-            c.buf.drain(..len);
             let keep = self.serve(&mut c, &req).await;
             c.active = Instant::now();
             // An idle connection keeps small buffers, whatever its last request needed.
@@ -614,6 +630,42 @@ impl FastPath {
                 return None;
             }
         }
+    }
+
+    /// Reads a chunked request body after the head (`head_len` bytes of `c.buf`) and appends it
+    /// to `c.out` decoded, with its `Content-Length`, as nginx buffers and forwards small
+    /// chunked bodies. `Ok(false)`: larger than [`MAX_CHUNKED_BODY`], for Pingora (which
+    /// answers 413; nothing is drained);
+    /// `Err`: malformed (answered 400) or the client left.
+    async fn read_chunked(&self, c: &mut Conn, head_len: usize) -> Result<bool, ()> {
+        let mut framing = chunked::Chunked::default();
+        let mut end = head_len;
+        loop {
+            match framing.feed(&c.buf[end..]) {
+                Ok(used) => end += used,
+                Err(_) => {
+                    let bytes = respond::error_bytes(400, "malformed chunked body", &[], false);
+                    let _ = write_flush(&mut c.io, &bytes).await;
+                    return Err(());
+                }
+            }
+            if framing.done() {
+                break;
+            }
+            if end - head_len > MAX_CHUNKED_BODY {
+                return Ok(false);
+            }
+            c.read_more().await?;
+        }
+        let mut body = Vec::with_capacity(end - head_len);
+        chunked::decode(&c.buf[head_len..end], &mut body).map_err(|_| ())?;
+        let mut n = itoa::Buffer::new();
+        c.out.extend_from_slice(b"Content-Length: ");
+        c.out.extend_from_slice(n.format(body.len()).as_bytes());
+        c.out.extend_from_slice(b"\r\n\r\n");
+        c.out.extend_from_slice(&body);
+        c.buf.drain(..end);
+        Ok(true)
     }
 
     /// Hands the connection to Pingora's proxy, with what was read of it put back.

@@ -8,7 +8,7 @@
 //! `X-Forwarded-*`. A request that breaks RFC 9112 §3.2 (HTTP/1.1 without exactly one `Host`)
 //! is answered 400 here.
 
-use super::http1::{content_length, is_hop_by_hop, tokens};
+use super::http1::{content_length, is_hop_by_hop, tokens, trim_ows};
 use crate::routes;
 
 /// The most headers a request may carry on the fast path; more go to Pingora.
@@ -32,6 +32,10 @@ pub struct Prepared<'a> {
     /// An idempotent method (RFC 9110 §9.2.2): it may be sent again when a connection fails
     /// before any of its response arrived.
     pub idempotent: bool,
+    /// A chunked body follows: the head in `out` lacks its `Content-Length` and final empty
+    /// line, which the caller writes once it has read and decoded the body (so that a server
+    /// without chunked request support, such as Python's `http.server`, reads it).
+    pub chunked: bool,
 }
 
 /// What the parser made of the bytes read so far.
@@ -79,6 +83,7 @@ pub fn parse_request<'a>(
         return Parsed::Fallback;
     };
     let mut body_len = None;
+    let mut chunked = false;
     let mut close = false;
     let mut hosts = 0;
     let mut host = None;
@@ -94,10 +99,13 @@ pub fn parse_request<'a>(
                 (Some(n), Some(prev)) if n == prev => {}
                 _ => return Parsed::Fallback,
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"upgrade")
-            || name.eq_ignore_ascii_case(b"expect")
-        {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // One `chunked` only; other codings are Pingora's (which answers 501 or 400).
+            if chunked || !trim_ows(h.value).eq_ignore_ascii_case(b"chunked") {
+                return Parsed::Fallback;
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"upgrade") || name.eq_ignore_ascii_case(b"expect") {
             return Parsed::Fallback;
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in tokens(h.value).filter(|t| !t.is_empty()) {
@@ -129,6 +137,10 @@ pub fn parse_request<'a>(
         } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             xff.get_or_insert(h.value);
         }
+    }
+    if chunked && body_len.is_some() {
+        // RFC 9112 §6.3: both framings in a request is an attempt at smuggling.
+        return Parsed::Reject("a request may not carry both Transfer-Encoding and Content-Length");
     }
     if hosts != 1 {
         return Parsed::Reject("an HTTP/1.1 request needs exactly one Host header (RFC 9112 §3.2)");
@@ -167,7 +179,7 @@ pub fn parse_request<'a>(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    if body_len > 0 || req.method != Some("GET") && req.method != Some("HEAD") {
+    if !chunked && (body_len > 0 || req.method != Some("GET") && req.method != Some("HEAD")) {
         // One length, whatever duplicates the client sent (they agreed, or it went to Pingora).
         let mut n = itoa::Buffer::new();
         out.extend_from_slice(b"Content-Length: ");
@@ -203,7 +215,10 @@ pub fn parse_request<'a>(
     }
     out.extend_from_slice(b"X-Forwarded-Prefix: ");
     out.extend_from_slice(&path.as_bytes()[..path.len() - route.rest.len()]);
-    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(b"\r\n");
+    if !chunked {
+        out.extend_from_slice(b"\r\n");
+    }
     Parsed::Forward(Prepared {
         name: route.name,
         head_len,
@@ -214,6 +229,7 @@ pub fn parse_request<'a>(
             method,
             "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
         ),
+        chunked,
     })
 }
 
@@ -329,7 +345,19 @@ mod tests {
             "GET /gateway/f/ HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
         ));
         assert!(fallback(
-            "POST /gateway/f/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "POST /gateway/f/ HTTP/1.1
+Host: h
+Transfer-Encoding: gzip, chunked
+
+"
+        ));
+        assert!(rejected(
+            "POST /gateway/f/ HTTP/1.1
+Host: h
+Transfer-Encoding: chunked
+Content-Length: 3
+
+"
         ));
         assert!(fallback(
             "POST /gateway/f/ HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n"
