@@ -168,3 +168,58 @@ async fn a_client_leaving_mid_response_frees_the_slot_and_the_functions_connecti
         left.elapsed()
     );
 }
+
+/// The request head a function received, as `/echo` of the misbehaving function answers it:
+/// its header lines, lower-cased and sorted.
+fn received(got: &str) -> Vec<String> {
+    let body = got.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let mut lines: Vec<String> = body
+        .split("\r\n")
+        .skip(1) // the request line
+        .filter(|l| !l.is_empty())
+        .map(|l| l.to_ascii_lowercase())
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+async fn both_paths_forward_the_same_request_head() {
+    let faas = Faas::start().await;
+    faas.deploy_ok("bad", "tests/functions/misbehaving.py", "", 1)
+        .await;
+    let head = |len: usize| {
+        format!(
+            "POST /gateway/bad/echo HTTP/1.1\r\nHost: gw\r\nX-Custom: 1\r\nX_Alias: 2\r\n\
+             Connection: X-Named\r\nX-Named: 3\r\nX-Forwarded-Host: evil\r\n\
+             X-Forwarded-For: 10.9.8.7\r\nKeep-Alive: timeout=3\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    // 10 bytes: the fast path. 70 000 bytes (over its 64 KiB): Pingora's proxy.
+    let fast = exchange(&faas, &(head(10) + &"a".repeat(10)));
+    let pingora = exchange(&faas, &(head(70_000) + &"a".repeat(70_000)));
+    let (fast_seen, pingora_seen) = (received(&fast), received(&pingora));
+    let without_length = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .filter(|l| !l.starts_with("content-length"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        without_length(&fast_seen),
+        without_length(&pingora_seen),
+        "the function saw different heads:\nfast path: {fast:?}\nPingora:   {pingora:?}"
+    );
+    for line in [
+        "x-custom: 1",
+        "x-forwarded-host: gw",
+        "x-forwarded-for: 10.9.8.7, 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-forwarded-prefix: /gateway/bad",
+    ] {
+        assert!(fast_seen.iter().any(|l| l == line), "{line} missing: {fast_seen:?}");
+    }
+    // And the client's responses have the same shape (status, headers but the length).
+    let status = |r: &str| r.lines().next().unwrap_or_default().to_string();
+    assert_eq!(status(&fast), status(&pingora));
+}
