@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
 use crate::config::Config;
+use crate::controller::Offload;
 use crate::function::{check_bounds, DeployRequest};
 use crate::registry::{FnEntry, Registry};
 use crate::replies::{DeployEvent, DeployReply, ErrorBody, FunctionList, FunctionStatus};
@@ -64,6 +65,8 @@ pub struct Admin {
     runtime: Arc<dyn Runtime>,
     /// This gateway replica's activity, served to the leader on [`activity::PATH`].
     activity: Option<Activity>,
+    /// Where runtime calls run: the controller's runtime, off the gateway's pinned threads.
+    offload: Offload,
 }
 
 /// The body of `POST /admin/functions/{name}/scale`.
@@ -141,7 +144,14 @@ impl Admin {
             registry,
             runtime,
             activity: None,
+            offload: Offload::default(),
         }
+    }
+
+    /// Runs runtime calls on the controller's runtime (see [`Offload`]).
+    pub fn with_offload(mut self, offload: Offload) -> Self {
+        self.offload = offload;
+        self
     }
 
     /// Serves this replica's activity on [`activity::PATH`] (the controller's).
@@ -225,7 +235,9 @@ impl Admin {
             l
         };
         let head = line(&DeployEvent::Progress { progress: first });
-        let deploy = tokio::spawn(crate::progress::scope(progress_tx, work));
+        let deploy = self
+            .offload
+            .spawn(crate::progress::scope(progress_tx, work));
         tokio::spawn(async move {
             // Ends when the deploy is over (its sender is dropped with its scope).
             while let Some(progress) = progress_rx.recv().await {
@@ -270,7 +282,12 @@ impl Admin {
         log::info!("deploying {name} ({} replica(s))", def.spec.replicas);
         if !wants_stream(req.accept) {
             let r = deploy_reply(
-                self.runtime.create(def).await,
+                {
+                    let runtime = self.runtime.clone();
+                    self.offload
+                        .run(async move { runtime.create(def).await })
+                        .await
+                },
                 self.url(&name, req.host),
                 &name,
             );
@@ -323,7 +340,10 @@ impl Admin {
         }
         let result = async {
             let request = DeployRequest::from_json(req.body)?;
-            self.runtime.update(name, request).await
+            let (runtime, name) = (self.runtime.clone(), name.to_string());
+            self.offload
+                .run(async move { runtime.update(&name, request).await })
+                .await
         }
         .await;
         match result {
@@ -333,7 +353,12 @@ impl Admin {
     }
 
     async fn delete(&self, name: &str) -> AdminResponse {
-        match self.runtime.delete(name).await {
+        let (runtime, owned) = (self.runtime.clone(), name.to_string());
+        let deleted = self
+            .offload
+            .run(async move { runtime.delete(&owned).await })
+            .await;
+        match deleted {
             Ok(()) => AdminResponse {
                 status: 204,
                 body: Vec::new(),
@@ -362,7 +387,10 @@ impl Admin {
                     want.replicas, spec.min_replicas
                 )));
             }
-            self.runtime.scale(name, want.replicas).await
+            let (runtime, name) = (self.runtime.clone(), name.to_string());
+            self.offload
+                .run(async move { runtime.scale(&name, want.replicas).await })
+                .await
         }
         .await;
         match result {

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus::IntGaugeVec;
@@ -37,7 +37,15 @@ pub struct Controller {
     activity: Activity,
     /// The Kubernetes runtime, when functions run there: the Lease and the peers come from it.
     cluster: Option<KubeRuntime>,
+    /// The controller's own runtime, once it runs.
+    offload: Offload,
 }
+
+/// Runs the control side's work (the admin API's runtime calls, with their file I/O, `/proc`
+/// scans, uv runs and the replica supervisors they spawn) on the controller's runtime, off the
+/// gateway's pinned threads. Before the controller runs, on the caller's runtime. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Offload(Arc<OnceLock<tokio::runtime::Handle>>);
 
 // === impl Controller ===
 
@@ -61,7 +69,13 @@ impl Controller {
             scale_rx: Mutex::new(Some(scale_rx)),
             activity,
             cluster,
+            offload: Offload::default(),
         }
+    }
+
+    /// Where the admin API runs its runtime calls: this controller's runtime.
+    pub fn offload(&self) -> Offload {
+        self.offload.clone()
     }
 
     /// This replica's activity, which the admin API serves to the leader.
@@ -71,6 +85,7 @@ impl Controller {
 
     /// Runs until `shutdown` completes, then drains and stops the runtime's replicas.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        let _ = self.offload.0.set(tokio::runtime::Handle::current());
         self.runtime.set_metrics(self.metrics.clone());
         match self.runtime.restore().await {
             Ok(names) if !names.is_empty() => log::info!("restored {} function(s)", names.len()),
@@ -210,6 +225,34 @@ impl Controller {
         }
         self.runtime.shutdown().await;
         log::info!("stopped all replicas in {:?}", started.elapsed());
+    }
+}
+
+// === impl Offload ===
+
+impl Offload {
+    /// Spawns `f` on the controller's runtime.
+    pub fn spawn<F>(&self, f: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.0.get() {
+            Some(h) => h.spawn(f),
+            None => tokio::spawn(f),
+        }
+    }
+
+    /// Runs `f` on the controller's runtime and waits for it.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = crate::Result<T>> + Send + 'static,
+    ) -> crate::Result<T> {
+        match self.spawn(f).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(crate::Error::Unavailable("faas is shutting down".into())),
+        }
     }
 }
 

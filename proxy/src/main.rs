@@ -106,8 +106,10 @@ fn serve(conf: Option<PathBuf>) -> anyhow::Result<()> {
         metrics.control(),
         cluster,
     ));
+    // The admin API's runtime calls run on the controller's runtime, off the pinned threads.
     let admin = Admin::new(cfg.clone(), registry.clone(), runtime.clone())
-        .with_activity(controller.activity());
+        .with_activity(controller.activity())
+        .with_offload(controller.offload());
     let gateway = Gateway::new(cfg.clone(), registry.clone(), admin, metrics.clone());
 
     let fallback = pingora_proxy::http_proxy(&server.configuration, gateway);
