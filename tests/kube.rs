@@ -141,6 +141,7 @@ fn validate(objects: &[&Value]) {
                     "creationTimestamp",
                     "generation",
                     "managedFields",
+                    "selfLink",
                 ] {
                     m.remove(k);
                 }
@@ -166,9 +167,9 @@ fn validate(objects: &[&Value]) {
 }
 
 #[tokio::test]
-async fn deploy_route_scale_to_zero_activate_and_rediscover_on_kubernetes() {
+async fn on_the_emulator_watches_cut_at_once_are_taken_up_again_and_pod_logs_are_read() {
     let emu = Emulator::start();
-    let mut faas = faas_on(&emu).await;
+    let faas = faas_on(&emu).await;
     let tool_py = script("tests/functions/tool.py");
 
     // Deploy: the four objects, applied server-side, answered once an endpoint is ready.
@@ -176,86 +177,6 @@ async fn deploy_route_scale_to_zero_activate_and_rediscover_on_kubernetes() {
         .deploy("kfn", &tool_py, "VERSION=\"on kubernetes\"\n", 1)
         .await;
     assert_eq!(s, 200, "{r}\n{}\n{}", faas.log_text(), emu.log());
-
-    let (s, cm) = emu
-        .get("/api/v1/namespaces/faas/configmaps/configmap-kfn")
-        .await;
-    assert_eq!(s, 200);
-    assert_eq!(cm["data"]["main.py"], tool_py);
-    let (s, secret) = emu.get("/api/v1/namespaces/faas/secrets/secret-kfn").await;
-    assert_eq!(s, 200);
-    let version = base64::engine::general_purpose::STANDARD
-        .decode(secret["data"]["VERSION"].as_str().unwrap())
-        .unwrap();
-    assert_eq!(version, b"on kubernetes");
-    let (s, svc) = emu.get("/api/v1/namespaces/faas/services/kfn").await;
-    assert_eq!(s, 200);
-    assert_eq!(svc["spec"]["type"], "ClusterIP");
-    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
-    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8000);
-    assert_eq!(svc["spec"]["selector"]["app"], "app-kfn");
-    let (s, dep) = emu
-        .get("/apis/apps/v1/namespaces/faas/deployments/deployment-kfn")
-        .await;
-    assert_eq!(s, 200);
-    for obj in [&cm, &secret, &svc, &dep] {
-        assert_eq!(obj["metadata"]["labels"]["poorman-faas.io/managed"], "true");
-        assert_eq!(
-            obj["metadata"]["labels"]["poorman-faas.io/service-id"],
-            "kfn"
-        );
-    }
-    assert_eq!(dep["spec"]["replicas"], 1);
-    let pod = &dep["spec"]["template"];
-    assert_eq!(pod["metadata"]["labels"]["app"], "app-kfn");
-    let c = &pod["spec"]["containers"][0];
-    assert_eq!(
-        c["command"],
-        serde_json::json!(["uv", "run", "--script", "/scripts/main.py"])
-    );
-    assert!(c["image"].as_str().unwrap().contains("uv"));
-    assert!(c["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["name"] == "PORT" && e["value"] == "8000"));
-    assert_eq!(c["envFrom"][0]["secretRef"]["name"], "secret-kfn");
-    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/health");
-    assert_eq!(c["readinessProbe"]["httpGet"]["port"], 8000);
-    assert_eq!(
-        pod["spec"]["volumes"][0]["configMap"]["name"],
-        "configmap-kfn"
-    );
-    validate(&[&cm, &secret, &svc, &dep]);
-
-    // Its pods would be admitted in a namespace enforcing the restricted Pod Security Standard,
-    // hold no API credentials, and write only to their volumes.
-    let refused = pss::violations(pod, pss::Profile::Restricted);
-    assert!(refused.is_empty(), "restricted would refuse: {refused:#?}");
-    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
-    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
-    let writable: Vec<&str> = c["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["readOnly"] != true)
-        .map(|m| m["mountPath"].as_str().unwrap())
-        .collect();
-    for var in ["HOME", "TMPDIR", "UV_CACHE_DIR"] {
-        let dir = c["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == var)
-            .and_then(|e| e["value"].as_str())
-            .unwrap_or_else(|| panic!("{var} is not set"));
-        assert!(
-            writable
-                .iter()
-                .any(|m| dir == *m || dir.starts_with(&format!("{m}/"))),
-            "{var}={dir} is not on a volume: {writable:?}"
-        );
-    }
 
     // Routed straight to the endpoint the harness published.
     assert_eq!(
@@ -314,34 +235,6 @@ async fn deploy_route_scale_to_zero_activate_and_rediscover_on_kubernetes() {
         1.0
     );
 
-    // A restarted gateway rediscovers the function from its labels.
-    faas.restart().await;
-    let (s, st) = faas.admin("GET", "/admin/functions/kfn", None).await;
-    assert_eq!(s, 200, "{st}");
-    assert_eq!(
-        faas.call("/gateway/kfn/version").await,
-        (200, "on kubernetes".into())
-    );
-
-    // Update: the Deployment rolls to the new version; every request meanwhile is answered.
-    let body = serde_json::json!({"dot_file": harness::b64_wrapped("VERSION=\"rolled\"\n")});
-    let (s, r) = faas.admin("PUT", "/admin/functions/kfn", Some(body)).await;
-    assert_eq!(s, 200, "{r}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, text) = faas.call("/gateway/kfn/version").await;
-        assert_eq!(status, 200, "during the rollout: {text}");
-        if text == "rolled" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never rolled to the new version:\n{}",
-            emu.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
     // Logs come from the pods of the function.
     let logs = faas.get("/admin/functions/kfn/logs?tail=20").await;
     assert_eq!(logs.status(), 200);
@@ -362,102 +255,6 @@ async fn deploy_route_scale_to_zero_activate_and_rediscover_on_kubernetes() {
         assert_eq!(emu.get(path).await.0, 404, "{path} still exists");
     }
     assert_eq!(faas.call("/gateway/kfn/version").await.0, 404);
-
-    // Every call the gateway made is allowed by the chart's Role, and the Role allows nothing else.
-    let audit = std::fs::read_to_string(emu.workdir.path().join("requests.log")).unwrap();
-    let used = permissions_used(&audit);
-    let granted = permissions_granted();
-    let missing: Vec<_> = used.difference(&granted).collect();
-    assert!(
-        missing.is_empty(),
-        "the Role lacks {missing:?}; the calls:\n{audit}"
-    );
-    let unused: Vec<_> = granted.difference(&used).collect();
-    assert!(
-        unused.is_empty(),
-        "the Role grants more than the code uses: {unused:?}"
-    );
-}
-
-type Permission = (String, String, String);
-
-/// (API group, resource[/subresource], verb) of every resource request the gateway made, from
-/// the emulator's log (the test's own reads carry the user agent [`HARNESS_AGENT`]).
-fn permissions_used(audit: &str) -> std::collections::BTreeSet<Permission> {
-    let mut out = std::collections::BTreeSet::new();
-    for line in audit.lines() {
-        let mut parts = line.split_whitespace();
-        let (Some(method), Some(target), content_type, agent) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        if agent == Some(HARNESS_AGENT) {
-            continue;
-        }
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let (group, rest) = match segs.as_slice() {
-            ["api", "v1", "namespaces", _ns, rest @ ..] => ("", rest),
-            ["apis", group, _version, "namespaces", _ns, rest @ ..] => (*group, rest),
-            _ => continue, // discovery and other non-resource paths
-        };
-        let (resource, named) = match rest {
-            [r] => (r.to_string(), false),
-            [r, _name] => (r.to_string(), true),
-            [r, _name, sub] => (format!("{r}/{sub}"), true),
-            _ => continue,
-        };
-        let verbs: &[&str] = match (method, named) {
-            ("GET", true) => &["get"],
-            ("GET", false) if query.contains("watch=true") || query.contains("watch=1") => {
-                &["watch"]
-            }
-            ("GET", false) => &["list"],
-            ("POST", _) => &["create"],
-            ("PUT", _) => &["update"],
-            // Server-side apply creates what does not exist yet: it needs both.
-            ("PATCH", _) if content_type == Some("application/apply-patch+yaml") => {
-                &["patch", "create"]
-            }
-            ("PATCH", _) => &["patch"],
-            ("DELETE", true) => &["delete"],
-            ("DELETE", false) => &["deletecollection"],
-            _ => continue,
-        };
-        for v in verbs {
-            out.insert((group.to_string(), resource.clone(), v.to_string()));
-        }
-    }
-    out
-}
-
-/// What the chart's Role grants, expanded to single permissions.
-fn permissions_granted() -> std::collections::BTreeSet<Permission> {
-    let docs = harness::render_chart(&[]);
-    let role = docs
-        .iter()
-        .find(|d| d["kind"] == "Role")
-        .expect("a Role in the chart");
-    let mut out = std::collections::BTreeSet::new();
-    for rule in role["rules"].as_sequence().unwrap() {
-        let list = |k: &str| -> Vec<String> {
-            rule[k]
-                .as_sequence()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap().to_string())
-                .collect()
-        };
-        for g in list("apiGroups") {
-            for r in list("resources") {
-                for v in list("verbs") {
-                    out.insert((g.clone(), r.clone(), v));
-                }
-            }
-        }
-    }
-    out
 }
 
 // === against a real API server ===
@@ -557,10 +354,7 @@ async fn on_a_real_api_server_deploy_scale_rediscover_delete_and_touch_only_our_
             "{prefix}kfn not applied by poorman-faas: {managers:?}"
         );
     }
-    let (_, cm) = k
-        .get("/api/v1/namespaces/faas/configmaps/configmap-kfn")
-        .await;
-    assert_eq!(cm["data"]["main.py"], tool_py);
+    check_objects(&k, &tool_py).await;
     assert_eq!(
         faas.call("/gateway/kfn/version").await,
         (200, "on kubernetes".into())
@@ -865,4 +659,88 @@ async fn leads(f: &Faas, name: &str) -> bool {
     f.metric(&format!("faas_leader{{replica=\"{name}\"}}"))
         .await
         == 1.0
+}
+
+/// The four objects of `kfn` as the gateway applied them: what the original made, valid for
+/// Kubernetes 1.33, and pods the restricted Pod Security Standard admits.
+async fn check_objects(k: &Cluster, tool_py: &str) {
+    let (s, cm) = k
+        .get("/api/v1/namespaces/faas/configmaps/configmap-kfn")
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(cm["data"]["main.py"], tool_py);
+    let (s, secret) = k.get("/api/v1/namespaces/faas/secrets/secret-kfn").await;
+    assert_eq!(s, 200);
+    let version = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["VERSION"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(version, b"on kubernetes");
+    let (s, svc) = k.get("/api/v1/namespaces/faas/services/kfn").await;
+    assert_eq!(s, 200);
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8000);
+    assert_eq!(svc["spec"]["selector"]["app"], "app-kfn");
+    let (s, dep) = k
+        .get("/apis/apps/v1/namespaces/faas/deployments/deployment-kfn")
+        .await;
+    assert_eq!(s, 200);
+    for obj in [&cm, &secret, &svc, &dep] {
+        assert_eq!(obj["metadata"]["labels"]["poorman-faas.io/managed"], "true");
+        assert_eq!(
+            obj["metadata"]["labels"]["poorman-faas.io/service-id"],
+            "kfn"
+        );
+    }
+    assert_eq!(dep["spec"]["replicas"], 1);
+    let pod = &dep["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["app"], "app-kfn");
+    let c = &pod["spec"]["containers"][0];
+    assert_eq!(
+        c["command"],
+        serde_json::json!(["uv", "run", "--script", "/scripts/main.py"])
+    );
+    assert!(c["image"].as_str().unwrap().contains("uv"));
+    assert!(c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "PORT" && e["value"] == "8000"));
+    assert_eq!(c["envFrom"][0]["secretRef"]["name"], "secret-kfn");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], 8000);
+    assert_eq!(
+        pod["spec"]["volumes"][0]["configMap"]["name"],
+        "configmap-kfn"
+    );
+    validate(&[&cm, &secret, &svc, &dep]);
+
+    // Its pods would be admitted in a namespace enforcing the restricted Pod Security Standard,
+    // hold no API credentials, and write only to their volumes.
+    let refused = pss::violations(pod, pss::Profile::Restricted);
+    assert!(refused.is_empty(), "restricted would refuse: {refused:#?}");
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    let writable: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["readOnly"] != true)
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    for var in ["HOME", "TMPDIR", "UV_CACHE_DIR"] {
+        let dir = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == var)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("{var} is not set"));
+        assert!(
+            writable
+                .iter()
+                .any(|m| dir == *m || dir.starts_with(&format!("{m}/"))),
+            "{var}={dir} is not on a volume: {writable:?}"
+        );
+    }
 }
