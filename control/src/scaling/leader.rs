@@ -94,23 +94,58 @@ async fn campaign(lease: Lease, tx: watch::Sender<bool>) {
         }
     };
     let (mut changes, manager_task) = manager.watch().await;
+    // The manager keeps saying "leader" while it fails to renew (API server unreachable): this
+    // replica leads only while the Lease it last read is its own and was renewed recently
+    // enough, stopping half a grace period before the Lease would expire and another replica
+    // could take it over.
+    let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(lease.client.clone(), &lease.namespace);
+    let margin_ms = grace * 500;
+    let mut check = tokio::time::interval(Duration::from_millis(margin_ms.min(1000)));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut manager_says = false;
+    // Until when the Lease, as last read, is ours to act on (ms since the epoch).
+    let mut ours_until: u64 = 0;
+    let publish = |now: bool| {
+        if tx.send_replace(now) != now {
+            log::info!(
+                "{} {} the leader (Lease {})",
+                lease.identity,
+                if now { "is now" } else { "is no longer" },
+                lease.name
+            );
+        }
+    };
     loop {
         tokio::select! {
             changed = changes.changed() => {
                 if changed.is_err() {
                     // The manager stopped: no longer sure to lead.
-                    tx.send_replace(false);
+                    publish(false);
                     return;
                 }
-                let now = *changes.borrow_and_update();
-                if tx.send_replace(now) != now {
-                    log::info!(
-                        "{} {} the leader (Lease {})",
-                        lease.identity,
-                        if now { "is now" } else { "is no longer" },
-                        lease.name
-                    );
+                manager_says = *changes.borrow_and_update();
+                if manager_says {
+                    // It has just written the Lease as ours.
+                    ours_until = crate::now_ms() + secs * 1000 - margin_ms;
                 }
+                publish(manager_says);
+            }
+            _ = check.tick() => {
+                if !manager_says {
+                    continue;
+                }
+                match api.get(&lease.name).await {
+                    Ok(l) => {
+                        let spec = l.spec.unwrap_or_default();
+                        let mine = spec.holder_identity.as_deref() == Some(lease.identity.as_str());
+                        let renewed = spec.renew_time.map_or(0, |t| t.0.as_millisecond().max(0) as u64);
+                        let lasts = spec.lease_duration_seconds.unwrap_or(0).max(0) as u64 * 1000;
+                        ours_until = if mine { (renewed + lasts).saturating_sub(margin_ms) } else { 0 };
+                    }
+                    Err(e) => log::warn!("leader election: reading Lease {}: {e}", lease.name),
+                }
+                publish(manager_says && crate::now_ms() < ours_until);
             }
             _ = tx.closed() => {
                 // Shutdown: the manager releases the Lease once its receiver is gone.
