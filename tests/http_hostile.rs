@@ -172,7 +172,10 @@ async fn a_client_leaving_mid_response_frees_the_slot_and_the_functions_connecti
 /// The request head a function received, as `/echo` of the misbehaving function answers it:
 /// its header lines, lower-cased and sorted.
 fn received(got: &str) -> Vec<String> {
-    let body = got.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let body = got
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
     let mut lines: Vec<String> = body
         .split("\r\n")
         .skip(1) // the request line
@@ -217,9 +220,58 @@ async fn both_paths_forward_the_same_request_head() {
         "x-forwarded-proto: http",
         "x-forwarded-prefix: /gateway/bad",
     ] {
-        assert!(fast_seen.iter().any(|l| l == line), "{line} missing: {fast_seen:?}");
+        assert!(
+            fast_seen.iter().any(|l| l == line),
+            "{line} missing: {fast_seen:?}"
+        );
     }
     // And the client's responses have the same shape (status, headers but the length).
     let status = |r: &str| r.lines().next().unwrap_or_default().to_string();
     assert_eq!(status(&fast), status(&pingora));
+}
+
+#[tokio::test]
+async fn a_replica_that_accepts_but_hangs_leaves_the_rotation_and_comes_back() {
+    let faas = Faas::start_with(&[("FAAS_HEALTH_CHECK_INTERVAL", "300ms")]).await;
+    faas.deploy_ok("hangs", "tests/functions/hangs.py", "", 2)
+        .await;
+    // Hang one replica; the client gives up, so the gateway frees its slot at once.
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let _ = quick.get(faas.url("/gateway/hangs/hang?s=6")).send().await;
+    assert!(
+        harness::eventually(Duration::from_secs(5), || faas
+            .log_text()
+            .contains("out of rotation"))
+        .await,
+        "{}",
+        faas.log_text()
+    );
+    // Every request now goes to the replica that answers.
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let r = patient
+            .get(faas.url("/gateway/hangs/pid"))
+            .send()
+            .await
+            .expect("a request went to the hung replica");
+        assert_eq!(r.status(), 200);
+        pids.insert(r.text().await.unwrap());
+    }
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    // Once it answers again, it is back.
+    assert!(
+        harness::eventually(Duration::from_secs(15), || faas
+            .log_text()
+            .contains("back in rotation"))
+        .await,
+        "{}",
+        faas.log_text()
+    );
 }

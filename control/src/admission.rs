@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -44,6 +44,8 @@ pub struct Endpoint {
     pub inflight: AtomicUsize,
     /// Requests it may have in flight now (slow start), before the function's cap.
     window: AtomicUsize,
+    /// Failed health probes in a row; at the threshold it is out of rotation.
+    probe_fails: AtomicU32,
 }
 
 /// How a request that held a slot ended, for the replica's window.
@@ -86,7 +88,32 @@ impl Endpoint {
             replica,
             inflight: AtomicUsize::new(0),
             window: AtomicUsize::new(SLOW_START),
+            probe_fails: AtomicU32::new(0),
         }
+    }
+
+    /// Whether it is in rotation: not taken out by failed health probes.
+    pub fn healthy(&self) -> bool {
+        self.probe_fails.load(Ordering::Relaxed) < u32::MAX
+    }
+
+    /// Records a health probe; `remove_after` failures in a row take it out of rotation, one
+    /// success puts it back. Returns its new state when that changed.
+    pub fn record_probe(&self, alive: bool, remove_after: u32) -> Option<bool> {
+        let was = self.healthy();
+        if alive {
+            self.probe_fails.store(0, Ordering::Relaxed);
+        } else {
+            let n = self.probe_fails.load(Ordering::Relaxed);
+            let next = if n + 1 >= remove_after {
+                u32::MAX
+            } else {
+                n + 1
+            };
+            self.probe_fails.store(next, Ordering::Relaxed);
+        }
+        let now = self.healthy();
+        (now != was).then_some(now)
     }
 
     /// Requests it may take now under `cap` (0: no limit).
@@ -159,13 +186,8 @@ impl FnEntry {
             let ep = route
                 .endpoints
                 .iter()
-                .filter(|e| e.inflight.load(Ordering::Acquire) < e.room(cap))
-                .min_by_key(|e| {
-                    (
-                        Some(e.replica) == avoid,
-                        e.inflight.load(Ordering::Relaxed),
-                    )
-                })?;
+                .filter(|e| e.healthy() && e.inflight.load(Ordering::Acquire) < e.room(cap))
+                .min_by_key(|e| (Some(e.replica) == avoid, e.inflight.load(Ordering::Relaxed)))?;
             let n = ep.inflight.load(Ordering::Acquire);
             if n >= ep.room(cap) {
                 continue;
@@ -332,9 +354,19 @@ mod tests {
         let e = entry(Some(1));
         let t = e.enqueue();
         e.add_endpoint(ep(1)); // granted to `t`
-        assert_eq!(e.subscribe().borrow().endpoints[0].inflight.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            e.subscribe().borrow().endpoints[0]
+                .inflight
+                .load(Ordering::SeqCst),
+            1
+        );
         drop(t);
-        assert_eq!(e.subscribe().borrow().endpoints[0].inflight.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            e.subscribe().borrow().endpoints[0]
+                .inflight
+                .load(Ordering::SeqCst),
+            0
+        );
         assert!(e.acquire().is_some());
     }
 
@@ -345,10 +377,32 @@ mod tests {
         e.add_endpoint(ep(1));
         let mut granted = 0;
         for t in tickets {
-            if tokio::time::timeout(std::time::Duration::from_millis(10), t).await.is_ok() {
+            if tokio::time::timeout(std::time::Duration::from_millis(10), t)
+                .await
+                .is_ok()
+            {
                 granted += 1;
             }
         }
-        assert_eq!(granted, SLOW_START, "a fresh replica takes its window, not all ten");
+        assert_eq!(
+            granted, SLOW_START,
+            "a fresh replica takes its window, not all ten"
+        );
+    }
+
+    #[test]
+    fn a_replica_out_of_rotation_takes_no_request_until_it_answers() {
+        let e = entry(None);
+        let sick = ep(1);
+        e.add_endpoint(sick.clone());
+        assert_eq!(
+            sick.record_probe(false, 2),
+            None,
+            "one failure is not enough"
+        );
+        assert_eq!(sick.record_probe(false, 2), Some(false));
+        assert!(e.acquire().is_none());
+        assert_eq!(sick.record_probe(true, 2), Some(true));
+        assert!(e.acquire().is_some());
     }
 }

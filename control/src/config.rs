@@ -62,6 +62,9 @@ pub struct Config {
     /// `FAAS_REPLICA_MAX_INFLIGHT`: requests one replica gets at once when its function sets no
     /// `max_concurrency` (0: no cap and no slow start).
     pub replica_max_inflight: usize,
+    /// `FAAS_HEALTH_CHECK_INTERVAL`: on the local runtime, how often each replica is probed on
+    /// `FAAS_FUNCTION_HEALTH_PATH`; one that stops answering leaves the rotation.
+    pub health_check_interval: Duration,
     /// `FAAS_ADMIN_RATE_LIMIT`: admin requests per minute per client IP (429 beyond), as the
     /// original limited them; 0 turns the limit off.
     pub admin_rate_limit: u32,
@@ -154,6 +157,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("FAAS_ACTIVATION_TIMEOUT", "60s"),
     ("FAAS_ACTIVATION_MAX_PENDING", "1000"),
     ("FAAS_REPLICA_MAX_INFLIGHT", "64"),
+    ("FAAS_HEALTH_CHECK_INTERVAL", "5s"),
     ("FAAS_ADMIN_RATE_LIMIT", "10"),
     ("FAAS_PIN_THREADS", "true"),
     ("FAAS_UV", "uv"),
@@ -273,6 +277,7 @@ impl Config {
             activation_timeout: duration(&get, "FAAS_ACTIVATION_TIMEOUT")?,
             activation_max_pending: number(&get, "FAAS_ACTIVATION_MAX_PENDING")?,
             replica_max_inflight: number(&get, "FAAS_REPLICA_MAX_INFLIGHT")?,
+            health_check_interval: duration(&get, "FAAS_HEALTH_CHECK_INTERVAL")?,
             admin_rate_limit: number(&get, "FAAS_ADMIN_RATE_LIMIT")?,
             pin_threads: flag(&get, "FAAS_PIN_THREADS")?,
             uv: get("FAAS_UV"),

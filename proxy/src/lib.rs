@@ -8,6 +8,7 @@
 pub mod activator;
 pub mod fastpath;
 pub mod gateway;
+pub mod health;
 pub mod lifecycle;
 pub mod metrics;
 pub mod ratelimit;

@@ -124,6 +124,15 @@ fn serve(conf: Option<PathBuf>) -> anyhow::Result<()> {
     // Pingora's default 64 KiB read buffer per connection is most of an idle connection's memory.
     proxy.add_listener(ListenerConfig::tcp(&addr).l4_buffer(L4BufferSettings::new(0, 1460)));
     server.add_service(proxy);
+    if cfg.runtime == RuntimeKind::Local {
+        // Kubernetes has the kubelet's readiness probes; here the gateway probes itself.
+        let checks = proxy::health::HealthChecks::new(
+            registry.clone(),
+            &cfg.kube.health_path,
+            cfg.health_check_interval,
+        );
+        server.add_service(background_service("health", checks));
+    }
     server.add_service(background_service("controller", Lifecycle::new(controller)));
     log::info!(
         "faas listening on http://{addr} (runtime {:?}, state {})",
