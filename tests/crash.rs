@@ -1,6 +1,7 @@
 //! The local runtime's state directory is one `faas serve`'s, and survives `kill -9` at any
 //! moment of a deploy, update, scale or delete: after a restart every function is whole or
 //! absent, the directory holds nothing half-written, and no replica process is left orphaned.
+//! And no lock of a function is held while its update runs uv: it serves and activates meanwhile.
 
 mod harness;
 
@@ -231,4 +232,69 @@ fn cmdline(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
         .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_function_activates_while_its_update_runs_uv() {
+    let faas = Faas::start().await;
+    let tool_py = script("tests/functions/tool.py");
+    faas.deploy_ok("f", "tests/functions/tool.py", "VERSION=\"one\"\n", 1)
+        .await;
+    let (s, r) = faas
+        .admin(
+            "POST",
+            "/admin/functions/f/scale",
+            Some(json!({"replicas": 0})),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert!(
+        faas.wait_status("f", "ready_replicas", Duration::from_secs(20), |v| v == 0)
+            .await
+    );
+    // The new version depends on a package whose build takes 3 s (an in-tree PEP 517 backend
+    // that sleeps; no index).
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("slowpkg");
+    std::fs::create_dir(&pkg).unwrap();
+    std::fs::write(
+        pkg.join("pyproject.toml"),
+        "[build-system]\nrequires = []\nbuild-backend = \"backend\"\nbackend-path = [\".\"]\n\n\
+         [project]\nname = \"slowpkg\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pkg.join("backend.py"),
+        script("tests/functions/slow_backend.py"),
+    )
+    .unwrap();
+    let slow = tool_py.replace(
+        "# dependencies = []",
+        &format!("# dependencies = [\"slowpkg @ file://{}\"]", pkg.display()),
+    );
+    assert_ne!(slow, tool_py);
+    let body = json!({
+        "script": harness::b64_wrapped(&slow),
+        "dot_file": harness::b64_wrapped("VERSION=\"two\"\n"),
+    });
+    let started = Instant::now();
+    let update = faas.admin("PUT", "/admin/functions/f", Some(body));
+    let call = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let answer = faas.call("/gateway/f/version").await;
+        (answer, started.elapsed())
+    };
+    let ((s, r), (answer, answered_at)) = tokio::join!(update, call);
+    let updated_at = started.elapsed();
+    assert_eq!(s, 200, "{r}\n{}", faas.log_text());
+    // Activated and answered by the old version while uv was building the new one.
+    assert_eq!(answer, (200, "one".to_string()));
+    assert!(
+        answered_at + Duration::from_secs(1) < updated_at,
+        "answered at {answered_at:?}, the update ended at {updated_at:?}"
+    );
+    assert_eq!(
+        faas.call("/gateway/f/version").await,
+        (200, "two".to_string())
+    );
 }

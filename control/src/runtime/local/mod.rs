@@ -55,6 +55,9 @@ struct Inner {
     deploy_timeout: Duration,
     drain_timeout: Duration,
     fns: Mutex<HashMap<String, Slot>>,
+    /// Per function, held by its update from start to end: updates of one function take turns
+    /// (activations, scales and reads never wait for it; see `update`).
+    updating: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
     next_replica: AtomicU64,
     /// Set by `shutdown`: no replica starts after it.
     stopping: AtomicBool,
@@ -110,6 +113,7 @@ impl LocalRuntime {
                 deploy_timeout: cfg.deploy_timeout,
                 drain_timeout: cfg.shutdown_grace.mul_f32(0.6),
                 fns: Mutex::new(HashMap::new()),
+                updating: Mutex::new(Default::default()),
                 next_replica: AtomicU64::new(1),
                 stopping: AtomicBool::new(false),
                 zygote: cfg.zygote,
@@ -384,15 +388,38 @@ impl Runtime for LocalRuntime {
     async fn update(&self, name: &str, req: DeployRequest) -> Result<()> {
         let name = name.to_string();
         let slot = self.slot(&name)?;
-        let mut guard = slot.lock().await;
-        let f = guard
-            .as_mut()
-            .ok_or_else(|| Error::NotFound(name.clone()))?;
-        if self.inner.stopping.load(Ordering::Acquire) {
-            return Err(Error::Unavailable("faas is shutting down".into()));
-        }
-        let def = req.apply_to(&f.def, crate::now_ms())?;
-        let old_version = f.def.spec.version;
+        // The function's lock is held only to read it and to switch versions, not across uv or
+        // the new replicas' start: meanwhile it serves, scales and is activated as usual. One
+        // update of a function at a time.
+        let turn = self
+            .inner
+            .updating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.clone())
+            .or_default()
+            .clone();
+        let _turn = turn.lock().await;
+        let (def, old_version, entry, logs, old_forker, read_replicas) = {
+            let guard = slot.lock().await;
+            let f = guard
+                .as_ref()
+                .ok_or_else(|| Error::NotFound(name.clone()))?;
+            if self.inner.stopping.load(Ordering::Acquire) {
+                return Err(Error::Unavailable("faas is shutting down".into()));
+            }
+            let def = req.apply_to(&f.def, crate::now_ms())?;
+            let old = f.def.spec.version;
+            let replicas = f.def.spec.replicas;
+            (
+                def,
+                old,
+                f.entry.clone(),
+                f.logs.clone(),
+                f.forker.clone(),
+                replicas,
+            )
+        };
         let script = self.inner.store.write_version(&def)?;
         let python = match self.prepare(&def, &script).await {
             Ok(p) => p,
@@ -401,14 +428,32 @@ impl Runtime for LocalRuntime {
                 return Err(e);
             }
         };
-        let mut next = self.local_fn(def, script, python, f.entry.clone(), f.logs.clone(), true);
+        let mut next = self.local_fn(def, script, python, entry, logs, true);
         let ctx = self.ctx(&next);
         // Keep at least the serving capacity of the old version while switching.
         let n = next.def.spec.replicas;
         next.replicas = self.start_replicas(&ctx, n);
         let ids: Vec<u64> = next.replicas.iter().map(|r| r.id).collect();
-        if let Err(e) = self.wait_ready(&next.entry, &ids, &next.logs).await {
-            self.keep_forker(&name, &f.forker);
+        let failed = match self.wait_ready(&next.entry, &ids, &next.logs).await {
+            Err(e) => Some(e),
+            Ok(()) => None,
+        };
+        let mut guard = slot.lock().await;
+        let failed = match (failed, guard.as_mut()) {
+            (Some(e), _) => Some(e),
+            // Deleted meanwhile.
+            (None, None) => Some(Error::NotFound(name.clone())),
+            (None, Some(f)) => {
+                // Scaled meanwhile (the reaper, an activation): the new version takes that count.
+                if f.def.spec.replicas != read_replicas {
+                    next.def.spec.replicas = f.def.spec.replicas;
+                }
+                self.inner.store.commit(&next.def.spec).err()
+            }
+        };
+        if let Some(e) = failed {
+            drop(guard);
+            self.keep_forker(&name, &old_forker);
             stop_version(next.replicas, next.forker).await;
             self.inner
                 .store
@@ -416,16 +461,14 @@ impl Runtime for LocalRuntime {
             next.entry.clear_failure();
             return Err(e);
         }
-        if let Err(e) = self.inner.store.commit(&next.def.spec) {
-            self.keep_forker(&name, &f.forker);
-            stop_version(next.replicas, next.forker).await;
-            self.inner
-                .store
-                .remove_version(&name, next.def.spec.version);
-            return Err(e);
-        }
+        let Some(f) = guard.as_mut() else {
+            unreachable!("checked above, under the same lock");
+        };
         next.entry.set_spec(next.def.spec.clone());
         let old = std::mem::replace(f, next);
+        let live = f.def.spec.replicas;
+        self.set_replicas(f, live);
+        drop(guard);
         stop_version(old.replicas, old.forker).await;
         self.inner.store.remove_version(&name, old_version);
         Ok(())
@@ -465,23 +508,7 @@ impl Runtime for LocalRuntime {
         self.inner.store.commit(&spec)?;
         f.entry.set_spec(spec.clone());
         f.def.spec = spec;
-        if replicas == 0 {
-            f.forker.at_zero(self.zygote_ttl(&f.def));
-        } else {
-            f.forker.busy();
-        }
-        // A supervisor that gave up (no port, no process) is replaced.
-        f.replicas.retain(|r| r.alive());
-        let have = f.replicas.len() as u32;
-        if replicas > have {
-            let ctx = self.ctx(f);
-            let more = self.start_replicas(&ctx, replicas - have);
-            f.replicas.extend(more);
-        } else if replicas < have {
-            let gone = f.replicas.split_off(replicas as usize);
-            // Draining may take a while; the function stays usable meanwhile.
-            tokio::spawn(stop_all(gone));
-        }
+        self.set_replicas(f, replicas);
         Ok(())
     }
 
@@ -555,5 +582,28 @@ impl LocalRuntime {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
         self.inner.store.remove(name)
+    }
+}
+
+impl LocalRuntime {
+    /// Starts or stops replicas of `f`'s live version until it has `replicas`.
+    fn set_replicas(&self, f: &mut LocalFn, replicas: u32) {
+        if replicas == 0 {
+            f.forker.at_zero(self.zygote_ttl(&f.def));
+        } else {
+            f.forker.busy();
+        }
+        // A supervisor that gave up (no port, no process) is replaced.
+        f.replicas.retain(|r| r.alive());
+        let have = f.replicas.len() as u32;
+        if replicas > have {
+            let ctx = self.ctx(f);
+            let more = self.start_replicas(&ctx, replicas - have);
+            f.replicas.extend(more);
+        } else if replicas < have {
+            let gone = f.replicas.split_off(replicas as usize);
+            // Draining may take a while; the function stays usable meanwhile.
+            tokio::spawn(stop_all(gone));
+        }
     }
 }
