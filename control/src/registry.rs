@@ -4,7 +4,6 @@
 //! a `tokio::sync::watch` so that requests held during activation are woken by the runtime that
 //! publishes the first endpoint, without polling.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -49,8 +48,32 @@ pub struct FnEntry {
     default_cap: usize,
     /// Requests waiting for a slot, and the per-replica cap ([`crate::admission`]).
     pub(crate) waiters: Waiters,
-    /// Per-function data the gateway attaches (its resolved metric handles), made on first use.
-    pub ext: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// The function's request series, resolved on its first request (see [`RequestSeries`]).
+    pub series: OnceLock<RequestSeries>,
+}
+
+/// One function's request series, resolved once so that a request does no label lookup: the
+/// 200 counter and the duration histogram (other codes are rarer and looked up).
+#[derive(Debug, Clone)]
+pub struct RequestSeries {
+    /// `faas_gateway_requests_total{function, code="200"}`.
+    pub ok: prometheus::IntCounter,
+    /// `faas_gateway_request_duration_seconds{function}`.
+    pub duration: prometheus::Histogram,
+}
+
+/// A request in flight to a function, counted in [`FnEntry::inflight`] while it lives; its end
+/// marks the function active ([`FnEntry::touch`]). The one way the gateway counts requests.
+#[derive(Debug)]
+pub struct InFlight {
+    entry: Arc<FnEntry>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.entry.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.entry.touch();
+    }
 }
 
 /// How long an activation request stands before a new request may ask again.
@@ -243,8 +266,17 @@ impl FnEntry {
             activating: AtomicU64::new(0),
             default_cap,
             waiters: Waiters::new(cap),
-            ext: OnceLock::new(),
+            series: OnceLock::new(),
             spec: ArcSwap::from_pointee(spec),
+        }
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        InFlight {
+            entry: self.clone(),
         }
     }
 
@@ -316,10 +348,7 @@ impl FnEntry {
                 .iter()
                 .map(|a| match r.endpoints.iter().find(|e| e.addr == *a) {
                     Some(e) => e.clone(),
-                    None => Arc::new(Endpoint::new(
-                        *a,
-                        NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                    )),
+                    None => Arc::new(Endpoint::new(*a, NEXT_ID.fetch_add(1, Ordering::Relaxed))),
                 })
                 .collect();
             if !next.is_empty() {

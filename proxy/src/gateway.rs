@@ -1,6 +1,5 @@
 //! The `ProxyHttp` implementation: routing, the admin API, `/health` and `/metrics`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,7 +7,7 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use control::admin::{Admin, AdminRequest, AdminResponse};
 use control::config::Config;
-use control::registry::{Endpoint, FnEntry, Outcome, Registry};
+use control::registry::{Endpoint, FnEntry, InFlight, Outcome, Registry};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
@@ -36,6 +35,8 @@ pub struct Ctx {
     entry: Option<Arc<FnEntry>>,
     /// The replica it was sent to.
     endpoint: Option<Arc<Endpoint>>,
+    /// Counts the request in flight for its function while it lives.
+    flight: Option<InFlight>,
     /// Where the function's part of the path starts (after `/gateway/{name}`).
     rest_at: usize,
     /// Why the activator refused, when it did.
@@ -240,7 +241,7 @@ impl ProxyHttp for Gateway {
                 ctx.dechunked = Some(total);
             }
             ctx.started = Some(Instant::now());
-            entry.inflight.fetch_add(1, Ordering::AcqRel);
+            ctx.flight = Some(entry.begin());
             ctx.entry = Some(entry);
             return Ok(false);
         }
@@ -431,14 +432,14 @@ impl ProxyHttp for Gateway {
             };
             entry.release_with(&ep, outcome);
         }
-        entry.inflight.fetch_sub(1, Ordering::AcqRel);
-        entry.touch();
+        ctx.flight.take(); // no longer in flight
         let code = match session.response_written() {
             Some(r) => r.status.as_u16(),
             None => ctx.refusal.as_ref().map_or(0, |r| r.status),
         };
         let seconds = ctx.started.map(|t| t.elapsed().as_secs_f64());
-        self.metrics.observe(&entry.ext, &entry.name, code, seconds);
+        self.metrics
+            .observe(&entry.series, &entry.name, code, seconds);
     }
 }
 

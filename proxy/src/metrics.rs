@@ -8,15 +8,8 @@ use std::sync::atomic::Ordering;
 use control::metrics::ControlMetrics;
 use control::registry::Registry as Functions;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-/// One function's request series, resolved once so that a request does no label lookup.
-pub struct FnMetrics {
-    ok: IntCounter,
-    duration: Histogram,
-}
 
 /// Every metric `faas` exports.
 pub struct Metrics {
@@ -112,20 +105,15 @@ impl Metrics {
     /// Counts one finished request of function `name` (its handles cached in `slot`).
     pub fn observe(
         &self,
-        slot: &std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+        slot: &std::sync::OnceLock<control::registry::RequestSeries>,
         name: &str,
         code: u16,
         seconds: Option<f64>,
     ) {
-        let cached = slot.get_or_init(|| {
-            Box::new(FnMetrics {
-                ok: self.requests.with_label_values(&[name, "200"]),
-                duration: self.duration.with_label_values(&[name]),
-            })
+        let m = slot.get_or_init(|| control::registry::RequestSeries {
+            ok: self.requests.with_label_values(&[name, "200"]),
+            duration: self.duration.with_label_values(&[name]),
         });
-        let Some(m) = cached.downcast_ref::<FnMetrics>() else {
-            return;
-        };
         if code == 200 {
             m.ok.inc();
         } else {

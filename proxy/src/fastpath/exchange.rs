@@ -3,11 +3,10 @@
 //! what may be retried: a request is sent again only when no byte of it can have reached the
 //! function, or when its method is idempotent.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use control::registry::{Endpoint, FnEntry, Outcome};
+use control::registry::{Endpoint, FnEntry, InFlight, Outcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -36,6 +35,8 @@ pub(super) enum Exchange {
 
 /// Counts a request in flight for its function and records it when it ends, however it ends.
 pub(super) struct Flight<'a> {
+    /// Counts the request in flight for its function until the end.
+    _counted: InFlight,
     metrics: &'a Metrics,
     entry: &'a FnEntry,
     endpoint: Option<Arc<Endpoint>>,
@@ -52,8 +53,8 @@ impl FastPath {
     /// starts) and its response back; `true`: the client's connection stays open.
     pub(super) async fn serve(&self, c: &mut Conn, req: &Request) -> bool {
         let entry = &*req.entry;
-        entry.inflight.fetch_add(1, Ordering::AcqRel);
         let mut flight = Flight {
+            _counted: req.entry.begin(),
             metrics: &self.metrics,
             entry,
             endpoint: None,
@@ -360,11 +361,13 @@ impl Drop for Flight<'_> {
         if let Some(ep) = self.endpoint.take() {
             self.entry.release_with(&ep, self.outcome);
         }
-        self.entry.inflight.fetch_sub(1, Ordering::AcqRel);
-        self.entry.touch();
         let seconds = self.started.elapsed().as_secs_f64();
-        self.metrics
-            .observe(&self.entry.ext, &self.entry.name, self.code, Some(seconds));
+        self.metrics.observe(
+            &self.entry.series,
+            &self.entry.name,
+            self.code,
+            Some(seconds),
+        );
     }
 }
 
