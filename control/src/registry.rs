@@ -42,7 +42,7 @@ pub struct FnEntry {
     /// When a request last started or finished, on the monotonic clock ([`mono_ms`]): a step
     /// of the wall clock does not make every function look idle.
     last_activity_ms: AtomicU64,
-    /// When the pending activation was asked for (ms since the epoch), 0 when none is.
+    /// When the pending activation was asked for (ms on the monotonic clock), 0 when none is.
     activating: AtomicU64,
     /// The per-replica cap when the spec sets none.
     default_cap: usize,
@@ -220,7 +220,7 @@ impl Registry {
     pub fn request_activation(&self, entry: &FnEntry) -> bool {
         // An activation that produced neither an endpoint nor a failure (its replica was scaled
         // away while starting, say) must not block the next one forever: it expires.
-        let now = crate::now_ms();
+        let now = mono_ms().max(1); // monotonic: a wall-clock step neither expires nor freezes it
         let asked = entry.activating.load(Ordering::Acquire);
         if asked != 0 && now.saturating_sub(asked) < ACTIVATION_RETRY_MS {
             return false;
