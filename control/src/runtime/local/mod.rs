@@ -434,10 +434,7 @@ impl Runtime for LocalRuntime {
         let n = next.def.spec.replicas;
         next.replicas = self.start_replicas(&ctx, n);
         let ids: Vec<u64> = next.replicas.iter().map(|r| r.id).collect();
-        let failed = match self.wait_ready(&next.entry, &ids, &next.logs).await {
-            Err(e) => Some(e),
-            Ok(()) => None,
-        };
+        let failed = self.wait_ready(&next.entry, &ids, &next.logs).await.err();
         let mut guard = slot.lock().await;
         let failed = match (failed, guard.as_mut()) {
             (Some(e), _) => Some(e),
