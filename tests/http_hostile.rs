@@ -275,3 +275,23 @@ async fn a_replica_that_accepts_but_hangs_leaves_the_rotation_and_comes_back() {
         faas.log_text()
     );
 }
+
+#[tokio::test]
+async fn a_request_that_may_have_reached_the_function_is_never_sent_twice() {
+    let faas = Faas::start().await;
+    faas.deploy_ok("bad", "tests/functions/misbehaving.py", "", 1)
+        .await;
+    let dropped = || async { faas.call("/gateway/bad/dropped").await.1 };
+    // A POST the function read and dropped: 502, and it saw it once.
+    let post = exchange(
+        &faas,
+        "POST /gateway/bad/drop HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    assert!(post.starts_with("HTTP/1.1 502 "), "{post:?}");
+    assert_eq!(dropped().await, "1");
+    // A GET is idempotent: sent again (through the queue), up to the attempts allowed.
+    let get = exchange(&faas, "GET /gateway/bad/drop HTTP/1.1\r\nHost: gw\r\n\r\n");
+    assert!(get.starts_with("HTTP/1.1 502 "), "{get:?}");
+    let after: u32 = dropped().await.parse().unwrap();
+    assert!(after > 2, "a GET was not retried: {after}");
+}

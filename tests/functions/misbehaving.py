@@ -23,6 +23,9 @@ CANNED = {
 }
 
 
+DROPPED = {"n": 0}
+
+
 class Handler(socketserver.BaseRequestHandler):
     def handle(self):
         buf = b""
@@ -34,6 +37,15 @@ class Handler(socketserver.BaseRequestHandler):
                 buf += data
             head, _, buf = buf.partition(b"\r\n\r\n")
             path = head.split(b" ")[1].decode()
+            if path == "/drop":
+                # Read the request, then close without a byte of answer.
+                DROPPED["n"] += 1
+                return
+            if path == "/dropped":
+                body = str(DROPPED["n"]).encode()
+                out = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                self.request.sendall(out)
+                continue
             if path == "/echo":
                 body = head + b"\r\n\r\n"
                 out = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
