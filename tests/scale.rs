@@ -91,8 +91,10 @@ async fn burst_at_zero(faas: &Faas, name: &str, n: usize, shape: Shape) {
     );
     assert_eq!(faas.status(name, "replicas").await, 1);
     assert_eq!(
-        faas.metric(&format!("faas_activation_queue_depth{{function=\"{name}\"}}"))
-            .await,
+        faas.metric(&format!(
+            "faas_activation_queue_depth{{function=\"{name}\"}}"
+        ))
+        .await,
         0.0
     );
 }
@@ -105,7 +107,13 @@ async fn three_hundred_concurrent_requests_at_zero_onto_a_default_stdlib_server_
         .await;
     let shape = Shape {
         request: |http, base, i| http.get(format!("{base}/r{i}")),
-        echoed: |v| v["path"].as_str().unwrap_or_default().trim_start_matches('/').into(),
+        echoed: |v| {
+            v["path"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .into()
+        },
     };
     burst_at_zero(&faas, "burst", 300, shape).await;
 }

@@ -402,7 +402,9 @@ impl Faas {
 /// `PATH` with the project's `.venv/bin` first, as `./dev` sets it.
 pub fn tools_path() -> std::ffi::OsString {
     let mut dirs = vec![repo().join(".venv/bin")];
-    dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
     std::env::join_paths(dirs).unwrap_or_default()
 }
 
