@@ -110,8 +110,7 @@ impl Controller {
         }
         tasks.push(tokio::spawn(self.activity.clone().run()));
         let (leadership, peers) = self.leadership().await;
-        let mut leading = leadership.leading.clone();
-        let lead = self.lead(leading.clone(), peers);
+        let lead = self.lead(leadership.leading.clone(), peers);
         tokio::select! {
             _ = lead => {}
             _ = shutdown => {}
@@ -119,7 +118,7 @@ impl Controller {
         for t in &tasks {
             t.abort();
         }
-        leading.mark_unchanged();
+        // Every receiver but the Leadership's is gone with `lead`: resigning releases the Lease.
         leadership.resign().await;
         self.metrics
             .leader
