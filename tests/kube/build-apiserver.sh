@@ -15,9 +15,15 @@ mkdir -p "$W" && cd "$W"
 exec 3>&1 1>"$W/build.log" 2>&1   # the build's output goes to the log, the result to stdout
 trap 'echo "kube-apiserver build failed, see $W/build.log" >&2; tail -20 "$W/build.log" >&2' ERR
 sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
-if ! ls /etc/apt/sources.list.d/*.sources 2>/dev/null | xargs grep -qs '^Types: deb-src'; then
-  sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources \
-    | $sudo tee /etc/apt/sources.list.d/debian-src.sources >/dev/null
+# deb-src entries: the machine's own Debian sources, as source entries.
+if ! cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | grep -qE '^(Types:.*deb-src|deb-src )'; then
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources \
+      | $sudo tee /etc/apt/sources.list.d/debian-src.sources >/dev/null
+  else
+    grep -h '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | sed 's/^deb /deb-src /' \
+      | $sudo tee /etc/apt/sources.list.d/debian-src.list >/dev/null
+  fi
 fi
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
