@@ -12,6 +12,10 @@ else C=$HOME/.cache/poorman-faas; fi
 W=$C/kube-apiserver-1.20.2
 if [ -x "$W/bin/kube-apiserver" ] && [ -x "$W/bin/etcd" ]; then echo "$W"; exit 0; fi
 mkdir -p "$W" && cd "$W"
+# One build at a time (tests started together on a fresh machine wait for the first).
+exec 9>"$C/.build.lock"
+flock 9
+if [ -x "$W/bin/kube-apiserver" ] && [ -x "$W/bin/etcd" ]; then echo "$W"; exit 0; fi
 exec 3>&1 1>"$W/build.log" 2>&1   # the build's output goes to the log, the result to stdout
 trap 'echo "kube-apiserver build failed, see $W/build.log" >&2; tail -20 "$W/build.log" >&2' ERR
 sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
