@@ -151,10 +151,15 @@ fn smaps(pid: i32) -> (u64, u64, u64) {
     )
 }
 
-/// The Python process serving `faas`'s only replica of a function: a child of the zygote
-/// `zygote`, or (without one) a process running the script whose parent is not Python.
-fn replica_pid(faas: &Faas, zygote: Option<i32>) -> i32 {
-    let state = faas.state.to_string_lossy().into_owned();
+/// The Python process serving `faas`'s only replica of function `name`: a child of its zygote
+/// `zygote`, or (without one) the interpreter running its script.
+fn replica_pid(faas: &Faas, name: &str, zygote: Option<i32>) -> i32 {
+    let script = faas
+        .state
+        .join("functions")
+        .join(name)
+        .to_string_lossy()
+        .into_owned();
     for ent in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
@@ -173,7 +178,7 @@ fn replica_pid(faas: &Faas, zygote: Option<i32>) -> i32 {
         let python = cmd.split('\0').next().unwrap_or("").ends_with("/python");
         match zygote {
             Some(z) if ppid == z => return pid,
-            None if python && cmd.contains(&state) && !cmd.contains("\0-c\0") => return pid,
+            None if python && cmd.contains(&script) && !cmd.contains("\0-c\0") => return pid,
             _ => {}
         }
     }
@@ -198,7 +203,7 @@ async fn replica_memory(
         assert_eq!(r.status(), 200);
         let _ = r.bytes().await;
     }
-    smaps(replica_pid(faas, zygote))
+    smaps(replica_pid(faas, name, zygote))
 }
 
 /// Median, p95, and as a line of the table.

@@ -249,3 +249,39 @@ async fn without_the_zygote_replicas_start_directly() {
     assert_eq!(starts(&faas, "hello", "direct").await, 2);
     assert_eq!(starts(&faas, "hello", "zygote").await, 0);
 }
+
+#[tokio::test]
+async fn a_zygote_and_its_children_left_by_a_killed_faas_are_stopped_at_the_next_start() {
+    // Unsandboxed, nothing ties them to faas's life: the next start must find them.
+    let mut faas = Faas::start_with(&[("FAAS_SANDBOX", "false")]).await;
+    faas.deploy_ok("left", "examples/hello/main.py", "", 1)
+        .await;
+    let zygote = warm(&faas, "left").await["pid"].as_i64().unwrap() as i32;
+    to_zero(&faas, "left").await;
+    let (s, _) = faas.call("/gateway/left/").await;
+    assert_eq!(s, 200);
+    assert_eq!(starts(&faas, "left", "zygote").await, 1);
+    let before = faas.replica_processes();
+    assert!(before.contains(&zygote), "{before:?}");
+    assert!(before.len() >= 2, "the zygote and its child: {before:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(faas.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    faas.restart().await;
+    let alive = |pid: &i32| {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || !before.iter().any(alive)).await,
+        "still running: {:?}",
+        before.iter().filter(|p| alive(p)).collect::<Vec<_>>()
+    );
+    // The function comes back, with a zygote of its own.
+    let (s, _) = faas.call("/gateway/left/").await;
+    assert_eq!(s, 200);
+}

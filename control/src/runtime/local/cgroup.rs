@@ -205,12 +205,10 @@ impl ReplicaCgroup {
         &self.procs
     }
 
-    /// Moves process `pid` into this cgroup (from outside: a replica forked by a zygote).
-    pub fn adopt(&self, pid: i32) -> std::io::Result<()> {
-        for d in &self.dirs {
-            fs::write(d.join("cgroup.procs"), pid.to_string())?;
-        }
-        Ok(())
+    /// The `cgroup.procs` files a process is moved in with from outside (a replica forked by
+    /// a zygote).
+    pub fn procs_paths(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
     /// Whether the kernel killed a process of this cgroup for going over its memory limit.

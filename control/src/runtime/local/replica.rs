@@ -299,23 +299,24 @@ async fn fork(
         port,
         workdir: confinement.workdir(),
     };
-    let mut forked = match z.fork(req).await {
+    let forked = match z.fork(req).await {
         Ok(f) => f,
         Err(why) => {
             confinement.release().await;
             return Err(why);
         }
     };
-    let placed = match confinement.adopt(forked.pid) {
-        Ok(()) => forked.go().await.map_err(|e| format!("starting it: {e}")),
-        Err(e) => Err(format!("moving it into its cgroup: {e}")),
-    };
-    if let Err(why) = placed {
-        let _ = killpg(Pid::from_raw(forked.pid), Signal::SIGKILL);
-        let _ = tokio::time::timeout(TERM_GRACE, forked.wait()).await;
-        confinement.release().await;
-        return Err(why);
-    }
+    // Moving a process between cgroups waits for an RCU grace period (10–20 ms): it happens
+    // while the child starts. Until it is done the child counts against the zygote's cgroup,
+    // which has the function's limits too.
+    let adopting = confinement.adopt(forked.pid);
+    let name = ctx.entry.name.clone();
+    tokio::spawn(async move {
+        if let Ok(Err(e)) = adopting.await {
+            log::warn!("{name}: replica r{id} stays in its zygote's cgroup: {e}");
+        }
+    });
+    let mut forked = forked;
     let pumps = forked
         .output
         .take()

@@ -357,13 +357,20 @@ impl Confinement {
         &self.workdir
     }
 
-    /// Moves process `pid` (a forked replica, before it runs the function's code) into the
-    /// cgroup.
-    pub fn adopt(&self, pid: i32) -> std::io::Result<()> {
-        match &self.cgroup {
-            Some(c) => c.adopt(pid),
-            None => Ok(()),
-        }
+    /// Moves process `pid` (a forked replica) into the cgroup, on a blocking thread: the move
+    /// waits for the kernel.
+    pub fn adopt(&self, pid: i32) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        let procs = self
+            .cgroup
+            .as_ref()
+            .map(ReplicaCgroup::procs_paths)
+            .unwrap_or_default();
+        tokio::task::spawn_blocking(move || {
+            for p in procs {
+                std::fs::write(p, pid.to_string())?;
+            }
+            Ok(())
+        })
     }
 
     /// Removes the cgroup and the working directory; call once its processes are gone.

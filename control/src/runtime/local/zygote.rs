@@ -5,7 +5,9 @@
 //! It runs in the function's sandbox (as a replica would: its own namespaces, read-only
 //! filesystem, cgroup, clean environment with the dot file), so its children are sandboxed too:
 //! they share its namespaces, `/tmp` and hostname, each has a working directory of its own, and
-//! `faas` moves each one into a cgroup of its own before it runs the function's code.
+//! `faas` moves each one into a cgroup of its own as it starts (until the move is done, which
+//! takes the kernel 10–20 ms, it counts against the zygote's cgroup, which has the function's
+//! limits too).
 //!
 //! Protocol, over a `SOCK_SEQPACKET` socket that is the zygote's file descriptor 3, one JSON
 //! object per packet:
@@ -15,7 +17,7 @@
 //! faas → zygote  {"op":"fork","id","env","cwd"} + fds [child's socket, log pipe]
 //! zygote → faas  {"op":"forked","id"} | {"op":"refused","id","why"}
 //! zygote → faas  {"op":"exit","id","status"}                  a child ended (wait status)
-//! child  → faas  {"op":"hello"}  (its pid, from the kernel)  faas places it and answers "go"
+//! child  → faas  {"op":"hello"}  (its pid, from the kernel)  faas moves it into its cgroup
 //! child  → faas  {"op":"listen","port"}                       its server listens
 //! ```
 //!
@@ -106,11 +108,11 @@ struct Shared {
     exits: Mutex<HashMap<u64, oneshot::Sender<ExitStatus>>>,
 }
 
-/// A child the zygote forked: a replica's process, before it runs the function's code.
+/// A child the zygote forked: a replica's process.
 pub(super) struct Forked {
     /// Its pid here; also its process group (it starts a session of its own).
     pub pid: i32,
-    /// Its socket: `go`, then its `listen` (see [`listening`]).
+    /// Its socket, on which it says when it listens (see [`listening`]).
     pub chan: Option<Packets>,
     /// Its standard output and error, until taken.
     pub output: Option<pipe::Receiver>,
@@ -412,14 +414,6 @@ fn handle(shared: &Shared, bytes: &[u8], pid: Option<i32>, started: Instant, log
 // === impl Forked ===
 
 impl Forked {
-    /// Lets it run the function's code (once it is in its cgroup).
-    pub async fn go(&self) -> std::io::Result<()> {
-        match &self.chan {
-            Some(c) => c.send(b"go", &[]).await,
-            None => Err(std::io::ErrorKind::NotConnected.into()),
-        }
-    }
-
     /// Waits until it ends (as its zygote reports it).
     pub async fn wait(&mut self) -> ExitStatus {
         if let Some(s) = self.status {
