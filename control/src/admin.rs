@@ -197,6 +197,11 @@ impl Admin {
             ("DELETE", ["functions", name]) => self.delete(name).await,
             ("POST", ["functions", name, "scale"]) => self.scale(name, req.body).await,
             ("GET", ["functions", name, "logs"]) => self.logs(name, req.query).await,
+            ("GET", ["internal", "activity"]) => AdminResponse::error(
+                "activity",
+                404,
+                "no activity here: this gateway is not one of replicated gateways with a leader",
+            ),
             ("GET", ["openapi.json"]) => AdminResponse {
                 body: crate::openapi::document().as_bytes().to_vec(),
                 ..AdminResponse::json("openapi", 200, &())
@@ -204,7 +209,10 @@ impl Admin {
             (_, route) => {
                 let allow = match route {
                     ["python"] | ["functions", _, "scale"] => "POST",
-                    ["functions"] | ["functions", _, "logs"] | ["openapi.json"] => "GET",
+                    ["functions"]
+                    | ["functions", _, "logs"]
+                    | ["openapi.json"]
+                    | ["internal", "activity"] => "GET",
                     ["functions", _] => "GET, PUT, DELETE",
                     _ => {
                         let msg = format!("no admin route {}", req.path);

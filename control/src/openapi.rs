@@ -26,14 +26,17 @@ use crate::replies::{DeployEvent, DeployReply, ErrorBody, FunctionList, Function
             generated into its state directory). Errors are `{\"code\": N, \"message\": \"...\"}`.",
         license(name = "Apache-2.0"),
     ),
-    paths(deploy, list, get, update, delete, scale, logs, openapi),
+    paths(deploy, list, get, update, delete, scale, logs, openapi, activity),
     components(schemas(
         DeployRequest, Options, DeployReply, DeployEvent, ErrorBody, FunctionStatus, FunctionList,
         ScaleBody
     )),
     modifiers(&BearerToken),
     security(("bearer" = [])),
-    tags((name = "functions", description = "Python functions"))
+    tags(
+        (name = "functions", description = "Python functions"),
+        (name = "internal", description = "Between the gateway's own replicas")
+    )
 )]
 pub struct ApiDoc;
 
@@ -246,6 +249,19 @@ fn scale() {}
 )]
 fn logs() {}
 
+/// This gateway replica's request activity, which the leader of replicated gateways reads to
+/// run the reaper and autoscaler for all of them (Kubernetes); 404 where there is no leader.
+#[utoipa::path(
+    get, path = "/admin/internal/activity", tag = "internal", operation_id = "activity",
+    responses(
+        (status = 200, description = "Activity by function", body = Object),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "Not a replicated gateway", body = ErrorBody),
+        (status = 429, description = "Over FAAS_ADMIN_RATE_LIMIT", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
+fn activity() {}
+
 /// This document.
 #[utoipa::path(
     get, path = "/admin/openapi.json", tag = "functions", operation_id = "openapi",
@@ -272,6 +288,7 @@ mod tests {
             "/admin/functions/{name}/scale",
             "/admin/functions/{name}/logs",
             "/admin/openapi.json",
+            crate::scaling::activity::PATH,
         ] {
             assert!(doc["paths"][path].is_object(), "{path}");
         }

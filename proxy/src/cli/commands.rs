@@ -242,7 +242,9 @@ pub async fn invoke(client: &Client, out: &Out, args: InvokeArgs) -> Result<(), 
         }
     }
     let mut stdout = std::io::stdout();
+    let mut last = b'\n';
     while let Some(chunk) = resp.chunk().await.map_err(|e| client.unreachable(&e))? {
+        last = chunk.last().copied().unwrap_or(last);
         if stdout
             .write_all(&chunk)
             .and_then(|_| stdout.flush())
@@ -250,6 +252,10 @@ pub async fn invoke(client: &Client, out: &Out, args: InvokeArgs) -> Result<(), 
         {
             break;
         }
+    }
+    // On a terminal, the prompt starts on a line of its own (as with httpie).
+    if last != b'\n' && std::io::IsTerminal::is_terminal(&stdout) {
+        let _ = writeln!(stdout);
     }
     if args.verbose {
         out.note(&format!(
