@@ -252,12 +252,37 @@ fn range(runs: &[Run]) -> (f64, f64) {
 fn populate(state: &Path, n: usize) {
     let script =
         "# /// script\n# requires-python = \">=3.11\"\n# dependencies = []\n# ///\nprint('hi')\n";
+    // One prepared environment, recorded for every function as a deploy records it (so that
+    // restoring them measures the registry, not ten thousand `uv sync`s).
+    let sample = state.join("sample.py");
+    std::fs::create_dir_all(state).unwrap();
+    std::fs::write(&sample, script).unwrap();
+    let uv = |args: &[&str]| {
+        let out = Command::new(common::uv())
+            .args(args)
+            .arg(&sample)
+            .env("UV_PYTHON_DOWNLOADS", "never")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "uv {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    uv(&["sync", "--script"]);
+    let python = uv(&["python", "find", "--script"]);
+    let venv = Path::new(&python).parent().and_then(Path::parent).unwrap();
+    let env =
+        serde_json::json!({"python": python, "venv": venv, "base_prefix": null, "uv_cache": null});
     for i in 0..n {
         let name = format!("fn-{i:05}");
         let dir = state.join("functions").join(&name);
         std::fs::create_dir_all(dir.join("v1")).unwrap();
         std::fs::write(dir.join("v1/main.py"), script).unwrap();
         std::fs::write(dir.join("v1/.env"), "").unwrap();
+        std::fs::write(dir.join("v1/python.json"), env.to_string()).unwrap();
         let spec = serde_json::json!({
             "name": name, "user": null, "replicas": 0, "min_replicas": 0, "max_replicas": 10,
             "target_concurrency": null, "max_concurrency": null, "idle_timeout_ms": null,
