@@ -288,7 +288,7 @@ async fn gateway_service(k: &Cluster) -> Value {
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "faas-gateway", "namespace": "faas",
                          "labels": {"app.kubernetes.io/name": "faas-gateway"}},
-            "spec": {"type": "ClusterIP",
+            "spec": {"type": "LoadBalancer",
                      "selector": {"app.kubernetes.io/name": "faas-gateway"},
                      "ports": [{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]},
         }),
@@ -451,11 +451,26 @@ async fn on_a_real_api_server_deploy_scale_rediscover_delete_and_touch_only_our_
         404
     );
 
+    // The gateway's Service gets a LoadBalancer address: deploys return URLs with it.
+    let (s, v) = k
+        .send(
+            "PATCH",
+            "/api/v1/namespaces/faas/services/faas-gateway/status",
+            Some((
+                "application/merge-patch+json",
+                json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}}),
+            )),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"]["loadBalancer"]["ingress"][0]["ip"], "203.0.113.7", "{v}");
+
     // `foo` and `service-foo` own different objects: both live, deleting one leaves the other.
     for name in ["foo", "service-foo"] {
         let dot = format!("VERSION=\"{name}\"\n");
         let (s, r) = faas.deploy(name, &tool_py, &dot, 1).await;
         assert_eq!(s, 200, "{name}: {r}\n{}", faas.log_text());
+        assert_eq!(r["url"], format!("http://203.0.113.7:8080/gateway/{name}"));
     }
     assert_eq!(faas.call("/gateway/foo/version").await, (200, "foo".into()));
     assert_eq!(

@@ -471,9 +471,13 @@ impl Admin {
     }
 
     fn url(&self, name: &str, host: Option<&str>) -> String {
-        let host = host
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("127.0.0.1:{}", self.cfg.load_balancer_port));
+        // On Kubernetes, the LoadBalancer address of GATEWAY_SERVICE_NAME, as the original.
+        let host = match self.runtime.advertised_host() {
+            Some(lb) => format!("{lb}:{}", self.cfg.load_balancer_port),
+            None => host
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("127.0.0.1:{}", self.cfg.load_balancer_port)),
+        };
         format!("http://{host}{}/{name}", self.cfg.path_prefix)
     }
 
