@@ -463,7 +463,10 @@ async fn on_a_real_api_server_deploy_scale_rediscover_delete_and_touch_only_our_
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["status"]["loadBalancer"]["ingress"][0]["ip"], "203.0.113.7", "{v}");
+    assert_eq!(
+        v["status"]["loadBalancer"]["ingress"][0]["ip"], "203.0.113.7",
+        "{v}"
+    );
 
     // `foo` and `service-foo` own different objects: both live, deleting one leaves the other.
     for name in ["foo", "service-foo"] {
