@@ -106,6 +106,11 @@ proptest! {
         }
         if let Parsed::Forward(p) = parse_request(&raw, "/gateway", "10.0.0.1", 1 << 20, &mut out) {
             prop_assert!(p.head_len + p.body_len <= raw.len() || p.head_len <= raw.len());
+            if p.chunked {
+                // The fast path ends the head once it has decoded the body (here: empty).
+                prop_assert_eq!(p.body_len, 0);
+                out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+            }
             // What the function gets is a clean head by a strict parser's reading: one Host,
             // no hop-by-hop or underscored names, at most one Content-Length, equal to the body.
             let mut headers = [httparse::EMPTY_HEADER; 300];
