@@ -285,3 +285,33 @@ async fn a_zygote_and_its_children_left_by_a_killed_faas_are_stopped_at_the_next
     let (s, _) = faas.call("/gateway/left/").await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test]
+async fn a_zygote_goes_after_its_ttl_at_zero_and_comes_back_with_the_next_request() {
+    let faas = Faas::start_with(&[("FAAS_ZYGOTE_TTL", "1s")]).await;
+    faas.deploy_ok("ttl", "examples/hello/main.py", "", 1).await;
+    let pid = warm(&faas, "ttl").await["pid"].as_i64().unwrap();
+    to_zero(&faas, "ttl").await;
+    assert!(
+        faas.wait_status("ttl", "zygote", WAIT, |z| z["state"] == "stopped")
+            .await
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !std::path::Path::new(&format!(
+            "/proc/{pid}"
+        ))
+        .exists())
+        .await,
+        "the zygote process is still there"
+    );
+    // At zero for longer than the TTL: the next request starts the slow way...
+    let (s, body) = faas.call("/gateway/ttl/").await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(starts(&faas, "ttl", "direct").await, 2);
+    // ...and brings the zygote back for the one after.
+    warm(&faas, "ttl").await;
+    to_zero(&faas, "ttl").await;
+    let (s, _) = faas.call("/gateway/ttl/").await;
+    assert_eq!(s, 200);
+    assert_eq!(starts(&faas, "ttl", "zygote").await, 1);
+}
