@@ -16,7 +16,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::activator::{self, Bounds, Refusal};
 use crate::metrics::Metrics;
 use crate::ratelimit::AdminLimit;
-use crate::{respond, routes};
+use crate::{forward, respond, routes};
 
 /// The gateway. Shared by all connections; everything in it is cheap to read concurrently.
 pub struct Gateway {
@@ -328,29 +328,45 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_string());
-        if let Some(ip) = client {
-            let xff = match upstream
+        // The rules of the fast path (`forward`): what stops here, then ours.
+        let previous = upstream.headers.get("x-forwarded-for").cloned();
+        let dropped: Vec<http::HeaderName> = {
+            let named: Vec<&[u8]> = session
+                .req_header()
                 .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
-            };
+                .get_all("connection")
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
+                .filter(|t| !t.is_empty())
+                .collect();
+            // An upgrade (WebSocket) keeps the two headers that ask for it: this path is the
+            // one that carries upgrades.
+            let upgrading = session.is_upgrade_req();
+            upstream
+                .headers
+                .keys()
+                .filter(|k| !(upgrading && matches!(k.as_str(), "connection" | "upgrade")))
+                .filter(|k| forward::drops_request_header(k.as_str().as_bytes(), &named))
+                .cloned()
+                .collect()
+        };
+        for name in dropped {
+            upstream.remove_header(&name);
+        }
+        let ip = client.unwrap_or_default();
+        if previous.is_some() || !ip.is_empty() {
+            let mut xff = Vec::new();
+            forward::forwarded_for(previous.as_ref().map(|v| v.as_bytes()), &ip, &mut xff);
             upstream.insert_header("X-Forwarded-For", xff)?;
         }
         upstream.insert_header("X-Forwarded-Proto", "http")?;
-        // The client's own is never passed on, with or without a Host (as on the fast path).
-        upstream.remove_header("X-Forwarded-Host");
         if let Some(h) = host {
             upstream.insert_header("X-Forwarded-Host", h)?;
         }
         if let Some(n) = ctx.dechunked {
             upstream.remove_header("Transfer-Encoding");
             upstream.insert_header("Content-Length", n.to_string())?;
-        }
-        for name in underscored(upstream) {
-            upstream.remove_header(&name);
         }
         upstream.insert_header("X-Forwarded-Prefix", prefix)?;
         Ok(())
@@ -364,7 +380,7 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing was sent yet: another replica (or the next activation) may take it.
-        if ctx.attempts < MAX_ATTEMPTS {
+        if forward::may_resend(false, false) && ctx.attempts < MAX_ATTEMPTS {
             e.set_retry(true);
         }
         e
@@ -447,16 +463,6 @@ impl ProxyHttp for Gateway {
 fn is_chunked(req: &RequestHeader) -> bool {
     let mut te = req.headers.get_all("transfer-encoding").iter();
     matches!((te.next(), te.next()), (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-/// Header names holding `_`: dropped, as nginx drops them (they could alias ours through a
-/// server that maps `-` to `_`), as on the fast path.
-fn underscored(req: &RequestHeader) -> Vec<http::HeaderName> {
-    req.headers
-        .keys()
-        .filter(|k| k.as_str().contains('_'))
-        .cloned()
-        .collect()
 }
 
 /// Whether a request carries a body (`Content-Length` above zero, or chunked).

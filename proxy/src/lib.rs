@@ -7,6 +7,7 @@
 
 pub mod activator;
 pub mod fastpath;
+pub mod forward;
 pub mod gateway;
 pub mod health;
 pub mod lifecycle;

@@ -14,6 +14,7 @@ use super::conn::{client_gone, write_flush, Conn};
 use super::http1::{self, Framing};
 use super::{FastPath, Request, BODY_CHUNK, MAX_RESPONSE_HEAD, READ_CHUNK};
 use crate::activator;
+use crate::forward;
 use crate::gateway::{CONNECT_TIMEOUT, MAX_ATTEMPTS};
 use crate::metrics::Metrics;
 use crate::respond;
@@ -160,8 +161,11 @@ impl FastPath {
                 },
             };
             c.resp.clear();
+            // Part of the request may have been written before a failure: resent only when
+            // `forward::may_resend` allows it.
+            let resend = forward::may_resend(req.idempotent, true);
             if let Err(e) = up.write_all(&c.out).await {
-                match (req.idempotent, reused) {
+                match (resend, reused) {
                     (true, true) => continue,
                     (true, false) => {
                         return Exchange::ConnectFailed(format!("sending the request: {e}"))
@@ -171,9 +175,9 @@ impl FastPath {
             }
             match self.relay(c, &mut up, req.head_method).await {
                 // A pooled connection the replica closed meanwhile: again, on a new one.
-                Err(Relay::Closed) if reused && req.idempotent => continue,
+                Err(Relay::Closed) if reused && resend => continue,
                 // A new replica that reset the connection before answering: back in line.
-                Err(Relay::Closed) if req.idempotent => {
+                Err(Relay::Closed) if resend => {
                     return Exchange::ConnectFailed(
                         "it closed the connection without answering".into(),
                     )

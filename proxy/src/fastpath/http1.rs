@@ -40,21 +40,4 @@ pub(super) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(trim_ows)
 }
 
-/// Headers that concern one connection, not the message (RFC 9110 §7.6.1), as Pingora's proxy
-/// strips them from requests.
-pub(super) fn is_hop_by_hop(name: &[u8]) -> bool {
-    [
-        &b"connection"[..],
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"http2-settings",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
-}
+pub(super) use crate::forward::is_hop_by_hop;

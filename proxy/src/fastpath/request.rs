@@ -8,7 +8,8 @@
 //! `X-Forwarded-*`. A request that breaks RFC 9112 §3.2 (HTTP/1.1 without exactly one `Host`)
 //! is answered 400 here.
 
-use super::http1::{content_length, is_hop_by_hop, tokens, trim_ows};
+use super::http1::{content_length, tokens, trim_ows};
+use crate::forward;
 use crate::routes;
 
 /// The most headers a request may carry on the fast path; more go to Pingora.
@@ -166,11 +167,8 @@ pub fn parse_request<'a>(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        if ours(name)
-            || is_hop_by_hop(name)
-            || name.contains(&b'_')
+        if forward::drops_request_header(name, named)
             || name.eq_ignore_ascii_case(b"content-length")
-            || named.iter().any(|n| n.eq_ignore_ascii_case(name))
         {
             continue;
         }
@@ -186,26 +184,10 @@ pub fn parse_request<'a>(
         out.extend_from_slice(n.format(body_len).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    match (xff, client_ip.is_empty()) {
-        (Some(prev), false) => {
-            out.extend_from_slice(b"X-Forwarded-For: ");
-            out.extend_from_slice(prev);
-            out.extend_from_slice(b", ");
-            out.extend_from_slice(client_ip.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        (None, false) => {
-            out.extend_from_slice(b"X-Forwarded-For: ");
-            out.extend_from_slice(client_ip.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        // No client address (not TCP): the header stays as the client sent it.
-        (Some(prev), true) => {
-            out.extend_from_slice(b"X-Forwarded-For: ");
-            out.extend_from_slice(prev);
-            out.extend_from_slice(b"\r\n");
-        }
-        (None, true) => {}
+    if xff.is_some() || !client_ip.is_empty() {
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        forward::forwarded_for(xff, client_ip, out);
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
     if let Some(h) = host {
@@ -225,22 +207,9 @@ pub fn parse_request<'a>(
         body_len,
         close,
         head_method: method == "HEAD",
-        idempotent: matches!(
-            method,
-            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-        ),
+        idempotent: forward::is_idempotent(method),
         chunked,
     })
-}
-
-/// `X-Forwarded-For`, `-Proto`, `-Host`, `-Prefix`: the gateway writes its own.
-fn ours(name: &[u8]) -> bool {
-    name.len() > 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-") && {
-        let what = &name[12..];
-        [&b"for"[..], b"proto", b"host", b"prefix"]
-            .iter()
-            .any(|w| what.eq_ignore_ascii_case(w))
-    }
 }
 
 #[cfg(test)]
