@@ -295,3 +295,24 @@ async fn a_request_that_may_have_reached_the_function_is_never_sent_twice() {
     let after: u32 = dropped().await.parse().unwrap();
     assert!(after > 2, "a GET was not retried: {after}");
 }
+
+#[tokio::test]
+async fn a_response_cut_after_its_head_closes_the_connection_on_both_paths() {
+    let faas = Faas::start().await;
+    faas.deploy_ok("bad", "tests/functions/misbehaving.py", "", 1)
+        .await;
+    // HTTP/1.1 takes the fast path, HTTP/1.0 Pingora's proxy.
+    for version in ["1.1", "1.0"] {
+        let raw = format!("GET /gateway/bad/truncated HTTP/{version}\r\nHost: gw\r\n\r\n");
+        let got = exchange(&faas, &raw);
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{version}: {got:?}");
+        let body = got
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        assert_eq!(
+            body, "ok",
+            "HTTP/{version}: the client must see the cut, not an error appended to the body"
+        );
+    }
+}

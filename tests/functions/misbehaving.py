@@ -37,6 +37,10 @@ class Handler(socketserver.BaseRequestHandler):
                 buf += data
             head, _, buf = buf.partition(b"\r\n\r\n")
             path = head.split(b" ")[1].decode()
+            if path == "/truncated":
+                # A head promising 10 bytes, 2 of them, then the connection closes.
+                self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok")
+                return
             if path == "/drop":
                 # Read the request, then close without a byte of answer.
                 DROPPED["n"] += 1
