@@ -46,7 +46,15 @@ pub struct Endpoint {
     window: AtomicUsize,
     /// Failed health probes in a row; at the threshold it is out of rotation.
     probe_fails: AtomicU32,
+    /// It closes its connection after each answer (an HTTP/1.0 server such as Python's
+    /// `http.server` by default): every request is a new connection, which its small listen
+    /// backlog must take, so it gets at most [`ONE_SHOT_CAP`] at once.
+    one_shot: std::sync::atomic::AtomicBool,
 }
+
+/// Requests at once to a replica that closes its connection after each answer: every one is a
+/// connection its accept loop must take, below the stdlib server's backlog of 5 (+1).
+pub const ONE_SHOT_CAP: usize = 6;
 
 /// How a request that held a slot ended, for the replica's window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +97,14 @@ impl Endpoint {
             inflight: AtomicUsize::new(0),
             window: AtomicUsize::new(SLOW_START),
             probe_fails: AtomicU32::new(0),
+            one_shot: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Records whether its last answer kept the connection open.
+    pub fn keeps_connections(&self, keeps: bool) {
+        if self.one_shot.load(Ordering::Relaxed) == keeps {
+            self.one_shot.store(!keeps, Ordering::Relaxed);
         }
     }
 
@@ -120,6 +136,11 @@ impl Endpoint {
     fn room(&self, cap: usize) -> usize {
         if cap == 0 {
             usize::MAX
+        } else if self.one_shot.load(Ordering::Relaxed) {
+            self.window
+                .load(Ordering::Relaxed)
+                .min(cap)
+                .min(ONE_SHOT_CAP)
         } else {
             self.window.load(Ordering::Relaxed).min(cap)
         }
@@ -404,5 +425,24 @@ mod tests {
         assert!(e.acquire().is_none());
         assert_eq!(sick.record_probe(true, 2), Some(true));
         assert!(e.acquire().is_some());
+    }
+
+    #[test]
+    fn a_replica_that_closes_after_each_answer_gets_a_backlog_s_worth() {
+        let e = entry(None);
+        let one = ep(1);
+        e.add_endpoint(one.clone());
+        for _ in 0..20 {
+            let h = e.acquire().unwrap();
+            e.release_with(&h, Outcome::Answered);
+        }
+        one.keeps_connections(false);
+        let held: Vec<_> = std::iter::from_fn(|| e.acquire()).collect();
+        assert_eq!(held.len(), ONE_SHOT_CAP);
+        for h in &held {
+            e.release(h);
+        }
+        one.keeps_connections(true);
+        assert!(std::iter::from_fn(|| e.acquire()).count() > ONE_SHOT_CAP);
     }
 }

@@ -193,6 +193,7 @@ impl FastPath {
                     }
                 }
                 Ok((status, reusable, keep_client)) => {
+                    ep.keeps_connections(reusable);
                     // A function may answer without reading a body: unread bytes may follow on
                     // that connection, to be read as the next request. Never reused then.
                     if reusable && req.body_len == 0 && !req.chunked {
