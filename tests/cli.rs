@@ -396,3 +396,42 @@ backend-path = ["."]
 name = "slowpkg"
 version = "0.1.0"
 "#;
+
+#[test]
+fn serve_stops_at_a_misspelt_setting_and_ignores_the_clients_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let state = d.join("state").to_string_lossy().into_owned();
+    let serve = |env: &[(&str, &str)], conf: Option<&str>| {
+        let mut cmd = cli(d, "http://127.0.0.1:1", &[("PORT", "0")]);
+        cmd.env("FAAS_STATE_DIR", &state)
+            .envs(env.iter().copied())
+            .arg("serve");
+        if let Some(c) = conf {
+            std::fs::write(d.join("faas.yaml"), c).unwrap();
+            cmd.args(["--conf", "faas.yaml"]);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code(), text(&out.stderr))
+    };
+    let (code, err) = serve(&[("FAAS_ACTIVATION_TIMEUOT", "5s")], None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("FAAS_ACTIVATION_TIMEUOT")
+            && err.contains("did you mean FAAS_ACTIVATION_TIMEOUT"),
+        "{err}"
+    );
+    let (code, err) = serve(&[], Some("faas:\n  reaper_time_to_liv: 10m\n"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("reaper_time_to_liv") && err.contains("reaper_time_to_live"),
+        "{err}"
+    );
+    // FAAS_GATEWAY (set by cli()) is the command line's: serve gets as far as its port.
+    let (code, err) = serve(&[("PORT", "http")], None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("PORT") && !err.contains("FAAS_GATEWAY"),
+        "{err}"
+    );
+}
