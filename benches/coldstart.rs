@@ -336,38 +336,31 @@ async fn main() {
     // The sandbox alone: bubblewrap with the namespaces and mounts a replica gets, running
     // `true`, against `true`.
     let bwrap = common::tool("bwrap").to_string_lossy().into_owned();
-    let sandboxed_true: Vec<String> = [
-        bwrap.as_str(),
-        "--die-with-parent",
-        "--unshare-user",
-        "--uid",
-        "65534",
-        "--gid",
-        "65534",
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--cap-drop",
-        "ALL",
-        "--ro-bind",
-        "/",
-        "/",
-        "--tmpfs",
-        "/tmp",
-        "--tmpfs",
-        "/root",
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--remount-ro",
-        "/root",
-        "--",
-        "true",
-    ]
-    .map(String::from)
-    .to_vec();
+    let sandboxed_true: Vec<String> = std::iter::once(bwrap.as_str())
+        .chain(
+            control::runtime::local::sandbox::NAMESPACE_ARGS
+                .iter()
+                .copied(),
+        )
+        .chain([
+            "--ro-bind",
+            "/",
+            "/",
+            "--tmpfs",
+            "/tmp",
+            "--tmpfs",
+            "/root",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--remount-ro",
+            "/root",
+            "--",
+            "true",
+        ])
+        .map(String::from)
+        .collect();
     let runs = iterations.max(20) * 5;
     let true_ms = exec_median(&["true".to_string()], runs);
     let bwrap_ms = exec_median(&sandboxed_true, runs);

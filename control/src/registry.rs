@@ -274,7 +274,6 @@ impl FnEntry {
     /// Counts a request in flight until the guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.inflight.fetch_add(1, Ordering::AcqRel);
-        self.touch();
         InFlight {
             entry: self.clone(),
         }

@@ -6,7 +6,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -344,18 +344,7 @@ fn spawn(
         code: None,
         limits: &ctx.limits,
     };
-    let (mut cmd, confinement) = ctx.sandbox.command(&launch)?;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            tokio::spawn(confinement.release());
-            return Err(e);
-        }
-    };
+    let (mut child, confinement) = ctx.sandbox.spawn(&launch, |_| {})?;
     let mut pumps = Vec::with_capacity(2);
     if let Some(out) = child.stdout.take() {
         pumps.push(tokio::spawn(pump(out, ctx.logs.clone(), tag.to_string())));

@@ -30,8 +30,22 @@ use crate::config::{Config, SandboxSettings};
 use crate::function::Limits;
 use crate::{Error, Result};
 
-/// The uid and gid a function has inside its sandbox (`nobody`).
-const SANDBOX_ID: &str = "65534";
+/// bubblewrap's namespaces and identity for every replica: its own user (`nobody`, 65534, no
+/// capabilities), PID, IPC, UTS and cgroup namespaces, dying with `faas`.
+pub const NAMESPACE_ARGS: &[&str] = &[
+    "--die-with-parent",
+    "--unshare-user",
+    "--uid",
+    "65534",
+    "--gid",
+    "65534",
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+    "--cap-drop",
+    "ALL",
+];
 
 /// Confines replicas; made once when the local runtime starts.
 #[derive(Debug)]
@@ -159,22 +173,7 @@ impl Sandbox {
     }
 
     fn namespace_args(&self) -> Vec<OsString> {
-        [
-            "--die-with-parent",
-            "--unshare-user",
-            "--uid",
-            SANDBOX_ID,
-            "--gid",
-            SANDBOX_ID,
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-            "--cap-drop",
-            "ALL",
-        ]
-        .map(OsString::from)
-        .to_vec()
+        NAMESPACE_ARGS.iter().map(OsString::from).collect()
     }
 
     /// bubblewrap's arguments for one replica, up to and including `--`.
@@ -210,9 +209,32 @@ impl Sandbox {
         a
     }
 
+    /// Starts `launch` confined: stdin closed, output piped (for the function's log), killed
+    /// when its handle is dropped; `extra` adds to the command first. When it cannot start,
+    /// what was made for it (cgroup, working directory) is removed.
+    pub fn spawn(
+        &self,
+        launch: &Launch<'_>,
+        extra: impl FnOnce(&mut Command),
+    ) -> std::io::Result<(tokio::process::Child, Confinement)> {
+        let (mut cmd, confinement) = self.command(launch)?;
+        extra(&mut cmd);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        match cmd.spawn() {
+            Ok(child) => Ok((child, confinement)),
+            Err(e) => {
+                tokio::spawn(confinement.release());
+                Err(e)
+            }
+        }
+    }
+
     /// The command of one replica, and what it holds until it is gone. The command still needs
-    /// its standard streams.
-    pub fn command(&self, launch: &Launch<'_>) -> std::io::Result<(Command, Confinement)> {
+    /// its standard streams ([`Sandbox::spawn`] sets them).
+    fn command(&self, launch: &Launch<'_>) -> std::io::Result<(Command, Confinement)> {
         let workdir = self.run_dir.join(launch.replica);
         std::fs::create_dir_all(&workdir)?;
         let cgroup = self.cgroup(launch.replica, launch.limits)?;

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -166,19 +166,9 @@ impl Zygote {
             code: Some(SOURCE),
             limits: &spec.limits,
         };
-        let (mut cmd, confinement) = spec.sandbox.command(&launch)?;
-        pass_as_fd3(&mut cmd, theirs.as_raw_fd());
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                tokio::spawn(confinement.release());
-                return Err(e);
-            }
-        };
+        let (mut child, confinement) = spec
+            .sandbox
+            .spawn(&launch, |cmd| pass_as_fd3(cmd, theirs.as_raw_fd()))?;
         drop(theirs);
         let tag = format!("[z{}]", spec.version);
         if let Some(out) = child.stdout.take() {
